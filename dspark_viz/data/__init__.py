@@ -1,0 +1,1 @@
+"""dspark_viz.data."""

@@ -1,0 +1,275 @@
+"""The DSpark drafter: parallel backbone + Markov head + confidence head, and its checkpoints.
+
+Scope: the module (trainable parts only — the embedding and LM head are the target's, shared
+and frozen, passed in at call time and never saved), the per-request context K/V cache fed
+with newly verified target features, ``propose`` (one block of γ drafts: one parallel pass,
+then the sequential Markov loop that samples left to right), the teacher-forced block forward
+used by training, and save/load in Hugging Face layout with compatibility checks.
+
+Shapes: B batch, C context, γ block, H hidden, V vocabulary, L tapped layers, r rank.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dspark_viz.config import DRAFTER_PRESETS, ConfigError, DrafterConfig
+from dspark_viz.decoding.sampling import draw, warp
+from dspark_viz.drafter.backbone import DraftLayer, RMSNorm
+from dspark_viz.drafter.markov import ConfidenceHead, MarkovHead
+
+FORMAT_VERSION = 1
+
+
+class DrafterError(ValueError):
+    """A drafter checkpoint is missing, malformed or incompatible; one-line message."""
+
+
+def default_layer_ids(num_layers: int, n: int = 5) -> tuple[int, ...]:
+    """n target layers spread over depth (first layer to the one before last)."""
+    if num_layers <= n:
+        return tuple(range(num_layers))
+    step = (num_layers - 2) / (n - 1)
+    return tuple(sorted({int(round(1 + i * step)) for i in range(n)}))
+
+
+def config_for_target(target, *, preset: str = "embedded", markov_type: str = "vanilla",
+                      layer_ids: tuple[int, ...] | None = None, block_size: int = 7,
+                      **overrides) -> DrafterConfig:
+    """A DrafterConfig sized for ``target`` from a named preset plus overrides."""
+    if preset not in DRAFTER_PRESETS:
+        raise ConfigError(f"unknown drafter preset {preset!r} ({', '.join(DRAFTER_PRESETS)})")
+    tc = target.config
+    base = dict(num_heads=int(tc.num_attention_heads), num_kv_heads=int(tc.num_key_value_heads),
+                head_dim=int(getattr(tc, "head_dim", tc.hidden_size // tc.num_attention_heads)),
+                intermediate_size=int(tc.intermediate_size))
+    base.update(DRAFTER_PRESETS[preset])
+    base.update(overrides)
+    conf = base.pop("confidence_head", markov_type != "none")
+    return DrafterConfig(
+        family=target.family, vocab_size=target.vocab_size, hidden_size=target.hidden_size,
+        target_layer_ids=tuple(layer_ids or default_layer_ids(target.num_layers,
+                                                              min(5, target.num_layers))),
+        target_num_layers=target.num_layers, mask_token_id=target.mask_token_id,
+        block_size=block_size, markov_type=markov_type, confidence_head=conf,
+        rms_norm_eps=float(getattr(tc, "rms_norm_eps", 1e-6)), target_name=target.name, **base)
+
+
+@dataclass
+class ContextCache:
+    """Per-request drafter context: projected K/V of every committed position, per layer."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # [B, k, C, d]
+    length: int = 0
+
+
+@dataclass
+class Proposal:
+    """One drafted block for a batch of requests (everything the trace and verifier need)."""
+
+    tokens: torch.Tensor  # [B, γ] sampled draft tokens
+    q: torch.Tensor  # [B, γ, V] the distribution each token was drawn from (after warping)
+    base_logits: torch.Tensor  # [B, γ, V] parallel-stage logits U_k
+    bias: torch.Tensor | None  # [B, γ, V] Markov bias B_k (None without a Markov head)
+    conf_logit: torch.Tensor | None  # [B, γ] confidence logits (σ → c_k), None without head
+    draft_ms: float = 0.0  # parallel pass (backbone + LM head)
+    markov_ms: float = 0.0  # sequential loop (bias, sampling, confidence)
+
+
+class DSparkDrafter(nn.Module):
+    def __init__(self, cfg: DrafterConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H = cfg.hidden_size
+        self.fc = nn.Linear(len(cfg.target_layer_ids) * H, H, bias=False)
+        self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
+        self.layers = nn.ModuleList([DraftLayer(cfg) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
+        self.markov = (MarkovHead(cfg.markov_type, cfg.vocab_size, H, cfg.markov_rank)
+                       if cfg.has_markov else None)
+        self.confidence = (ConfidenceHead(H, cfg.markov_rank if cfg.has_markov else 0)
+                           if cfg.confidence_head else None)
+        self.calibration: list[float] | None = None  # STS temperatures per position
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m not in (getattr(self.markov, "w2", None),) and \
+                    (self.confidence is None or m is not self.confidence.proj):
+                nn.init.normal_(m.weight, std=0.02)
+
+    # ------------------------------------------------------------------ context features
+    def context_features(self, taps: torch.Tensor) -> torch.Tensor:
+        """taps [B, C, L·H] (target hidden states of the tapped layers) → [B, C, H]."""
+        return self.hidden_norm(self.fc(taps.to(self.fc.weight.dtype)))
+
+    def layer_kv(self, feats: torch.Tensor, pos: torch.Tensor):
+        """[B, C, H] features at positions [B, C] → per layer (k, v) [B, k, C, d]."""
+        return [layer.context_kv(feats, pos) for layer in self.layers]
+
+    @torch.inference_mode()
+    def extend_context(self, cache: ContextCache, taps: torch.Tensor) -> None:
+        """Append newly verified positions (taps [B, n, L·H]) to the context cache."""
+        n = taps.shape[1]
+        if n == 0:
+            return
+        pos = torch.arange(cache.length, cache.length + n, device=taps.device)
+        kv = self.layer_kv(self.context_features(taps), pos.unsqueeze(0).expand(taps.shape[0], -1))
+        if not cache.kv:
+            cache.kv = kv
+        else:
+            cache.kv = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
+                        for (k0, v0), (k1, v1) in zip(cache.kv, kv)]
+        cache.length += n
+
+    def crop_context(self, cache: ContextCache, length: int) -> None:
+        cache.kv = [(k[:, :, :length], v[:, :, :length]) for k, v in cache.kv]
+        cache.length = length
+
+    # ------------------------------------------------------------------ parallel stage
+    def backbone(self, x: torch.Tensor, pos: torch.Tensor, ctx_kv, mask=None) -> torch.Tensor:
+        """Block embeddings x [B, Q, H] at positions [B, Q] → final-normed hidden [B, Q, H]."""
+        h = x.to(self.fc.weight.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, pos, ctx_kv[i] if ctx_kv else None, mask)
+        return self.norm(h)
+
+    def block_inputs(self, target, anchor: torch.Tensor, gamma: int) -> torch.Tensor:
+        """anchor [B] → embeddings of [anchor, mask × (γ−1)] [B, γ, H]."""
+        ids = torch.full((anchor.shape[0], gamma), self.cfg.mask_token_id, dtype=torch.long,
+                         device=anchor.device)
+        ids[:, 0] = anchor
+        return target.embed(ids)
+
+    # ------------------------------------------------------------------ propose
+    @torch.inference_mode()
+    def propose(self, target, cache: ContextCache, anchor: torch.Tensor, *, gamma: int,
+                temperature: float, top_k: int = 0, top_p: float = 1.0,
+                gen: torch.Generator | None = None, use_markov: bool = True) -> Proposal:
+        """Draft γ tokens after ``anchor`` [B] (at position cache.length) for each request.
+
+        Parallel stage: one backbone pass over [anchor, mask…] → h [B, γ, H], U = LM head(h).
+        Sequential stage: for k = 1..γ, bias B_k from the previously *sampled* token (x0 =
+        anchor), q_k = warp(U_k + B_k), x_k ~ q_k, c_k from [h_k; W1[x_{k−1}]].
+        """
+        t0 = time.perf_counter()
+        B = anchor.shape[0]
+        pos = torch.arange(cache.length, cache.length + gamma, device=anchor.device)
+        h = self.backbone(self.block_inputs(target, anchor, gamma), pos.expand(B, -1), cache.kv)
+        base = target.logits(h.to(target.dtype))  # [B, γ, V]
+        t1 = time.perf_counter()
+        markov = self.markov if (use_markov and self.markov is not None) else None
+        state = markov.init_state(B, h.device, h.dtype) if markov is not None else None
+        prev = anchor
+        toks, qs, biases, confs = [], [], [], []
+        for k in range(gamma):
+            z = base[:, k]
+            if markov is not None:
+                b, state = markov.step(prev, h[:, k], state)
+                biases.append(b)
+                z = z + b
+            q = warp(z, temperature=temperature, top_k=top_k, top_p=top_p)
+            x = draw(q, gen)
+            if self.confidence is not None:
+                e = self.markov.prev_embed(prev) if self.markov is not None else None
+                confs.append(self.confidence(h[:, k], e))
+            toks.append(x)
+            qs.append(q)
+            prev = x
+        t2 = time.perf_counter()
+        return Proposal(tokens=torch.stack(toks, 1), q=torch.stack(qs, 1), base_logits=base,
+                        bias=torch.stack(biases, 1) if biases else None,
+                        conf_logit=torch.stack(confs, 1) if confs else None,
+                        draft_ms=(t1 - t0) * 1e3, markov_ms=(t2 - t1) * 1e3)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (+ ``calibration.json``) atomically."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg.to_dict() | {"model_type": "dspark_drafter", "format_version": FORMAT_VERSION}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        sd = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"} | (extra or {}))
+        if self.calibration is not None:
+            (tmp / "calibration.json").write_text(json.dumps({"temperatures": self.calibration}))
+        path.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, path / f.name)
+        tmp.rmdir()
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, target=None, device=None,
+                        dtype=None) -> "DSparkDrafter":
+        """Load a drafter; with ``target`` given, refuse an incompatible one with a reason."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        path = Path(path)
+        if not path.is_dir():
+            raise DrafterError(f"drafter path {str(path)!r} does not exist or is not a directory")
+        cfg_file, w_file = path / "config.json", path / "model.safetensors"
+        if not cfg_file.exists() or not w_file.exists():
+            raise DrafterError(f"{path} is not a drafter checkpoint (needs config.json and model.safetensors)")
+        try:
+            raw = json.loads(cfg_file.read_text())
+            if not isinstance(raw, dict) or raw.get("model_type") != "dspark_drafter":
+                raise DrafterError(f"{cfg_file} is not a dspark_drafter config")
+            if raw.get("format_version") != FORMAT_VERSION:
+                raise DrafterError(f"{cfg_file}: unsupported format_version {raw.get('format_version')!r}")
+            cfg = DrafterConfig.from_dict(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DrafterError(f"{cfg_file} is not valid JSON: {e}") from None
+        except (ConfigError, TypeError) as e:
+            raise DrafterError(f"{cfg_file}: {e}") from None
+        if target is not None:
+            check_compatible(cfg, target)
+        model = cls(cfg)
+        try:
+            sd = load_file(str(w_file))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DrafterError(f"{w_file} is not a readable safetensors file: {e}") from None
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(sd))
+        unexpected = sorted(set(sd) - set(expected))
+        if missing or unexpected:
+            raise DrafterError(f"{w_file}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for k, v in sd.items():
+            if v.shape != expected[k].shape:
+                raise DrafterError(f"{w_file}: {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}")
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
+        cal = path / "calibration.json"
+        if cal.exists():
+            try:
+                temps = json.loads(cal.read_text())["temperatures"]
+                if not (isinstance(temps, list) and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
+                    raise ValueError("temperatures must be a list of positive numbers")
+                model.calibration = [float(t) for t in temps]
+            except (ValueError, KeyError, TypeError) as e:
+                raise DrafterError(f"{cal}: malformed calibration ({e})") from None
+        if device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        elif target is not None:
+            model = model.to(device=target.device, dtype=target.dtype)
+        return model.eval()
+
+
+def check_compatible(cfg: DrafterConfig, target) -> None:
+    """Raise DrafterError naming the first mismatch between a drafter config and a target."""
+    checks = [
+        ("family", cfg.family, target.family),
+        ("vocab size", cfg.vocab_size, target.vocab_size),
+        ("hidden size", cfg.hidden_size, target.hidden_size),
+        ("target layer count", cfg.target_num_layers, target.num_layers),
+    ]
+    for what, mine, theirs in checks:
+        if mine != theirs:
+            raise DrafterError(f"drafter does not fit target {target.name}: {what} {mine} ≠ {theirs}")
+    bad = [i for i in cfg.target_layer_ids if not -1 <= i < target.num_layers]
+    if bad:
+        raise DrafterError(f"drafter taps target layers {bad} that {target.name} does not have")

