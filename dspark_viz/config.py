@@ -105,6 +105,7 @@ class DecodeConfig:
     markov_off: bool = False
     force_ell: int | None = None
     record_topk: int = 5
+    draft_candidates: int = 256  # K: the sequential stage runs over the top-K base logits (0 = all)
     calibrated: bool = True
     stop_at_eos: bool = True
 
@@ -123,6 +124,8 @@ class DecodeConfig:
             raise ConfigError(f"mode must be dspark, dflash or ar, got {self.mode!r}")
         if self.force_ell is not None and not 0 <= self.force_ell <= self.gamma:
             raise ConfigError(f"force_ell must be in [0, gamma={self.gamma}], got {self.force_ell}")
+        if self.draft_candidates < 0:
+            raise ConfigError(f"draft_candidates must be ≥ 0 (0 = whole vocabulary), got {self.draft_candidates}")
         if not 1 <= self.record_topk <= 50:
             raise ConfigError(f"record_topk must be in [1, 50], got {self.record_topk}")
 

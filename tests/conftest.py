@@ -41,3 +41,57 @@ def make_drafter(target, markov_type="vanilla", seed=0, **kw):
 def embedded_target():
     from dspark_viz.targets import load_target
     return load_target("embedded", device="cpu")
+
+
+class OracleDrafter:
+    """Test double with the drafter's interface whose proposals come from the target itself.
+
+    ``noise = 0``: q_k is exactly the target's decoding distribution along the sampled prefix
+    (a perfect drafter: everything accepted); ``adversarial``: the least likely token (nothing
+    accepted). ``noise > 0``: Gaussian noise (from the
+    explicit generator) is added to the target logits, and — when a real Markov head is
+    attached and ``use_markov`` is on — its bias too, so drafts are partly rejected and the
+    residual path is exercised. Greedy at T = 0 like the real drafter.
+    """
+
+    def __new__(cls, target, base_drafter, *, noise: float = 0.0, adversarial: bool = False):
+        from dspark_viz.drafter.model import Proposal
+
+        class _Oracle(type(base_drafter)):
+            def propose(self, target_, cache, anchor, *, gamma, temperature, top_k=0,
+                        top_p=1.0, gen=None, use_markov=True, candidates=0):
+                from dspark_viz.decoding.sampling import draw, warp
+                hist = list(self.session.prompt_ids) + list(self.session.generated)
+                toks, qs, bases, biases = [], [], [], []
+                state = None
+                prev = anchor
+                for _ in range(gamma):
+                    with torch.inference_mode():
+                        z = target_.model(torch.tensor([hist])).logits[0, -1].float()
+                    if self.adversarial:  # propose the target's least likely token
+                        z = -z
+                    if self.noise:
+                        z = z + self.noise * torch.randn(z.shape, generator=gen)
+                    base = z.clone()
+                    if use_markov and self.markov is not None and self.noise:
+                        with torch.inference_mode():
+                            b, state = self.markov.step(prev, torch.zeros(1, self.cfg.hidden_size), state
+                                                        if state is not None else self.markov.init_state(1, "cpu", torch.float32))
+                        z = z + 20.0 * b[0]
+                        biases.append(b[0])
+                    q = warp(z.unsqueeze(0), temperature=temperature, top_k=top_k, top_p=top_p)
+                    x = draw(q, gen)
+                    toks.append(int(x[0])); qs.append(q[0]); bases.append(base)
+                    hist.append(int(x[0])); prev = x
+                conf = torch.full((1, gamma), 2.0) if self.confidence is not None else None
+                return Proposal(tokens=torch.tensor([toks]), q=torch.stack(qs).unsqueeze(0),
+                                base_logits=torch.stack(bases).unsqueeze(0), cand=None,
+                                bias=torch.stack(biases).unsqueeze(0) if biases else None,
+                                conf_logit=conf)
+
+        obj = _Oracle(base_drafter.cfg)
+        obj.load_state_dict(base_drafter.state_dict())
+        obj.noise = noise
+        obj.adversarial = adversarial
+        obj.session = None
+        return obj.eval()

@@ -164,7 +164,8 @@ class SpecSession:
         a = torch.tensor([self.anchor], device=self.target.device)
         prop = self.drafter.propose(self.target, self.ctx, a, gamma=self.cfg.gamma,
                                     temperature=self.cfg.temperature, top_k=self.cfg.top_k,
-                                    top_p=self.cfg.top_p, gen=self.gen, use_markov=self.use_markov)
+                                    top_p=self.cfg.top_p, gen=self.gen, use_markov=self.use_markov,
+                                    candidates=self.cfg.draft_candidates)
         raw = cal = None
         if prop.conf_logit is not None:
             lg = prop.conf_logit[0].double().cpu().numpy()
@@ -232,19 +233,28 @@ class SpecSession:
         prop = pend.proposal
         draft_pos: list[DraftPos] = []
         if prop is not None:
-            base = prop.base_logits[0]
-            corrected = base + prop.bias[0] if prop.bias is not None and self.use_markov else base
-            base_top, corr_top = _topk(base, k_rec), _topk(corrected, k_rec)
+            base = prop.base_logits[0]  # [γ, V]
+            if prop.cand is not None:  # sequential stage ran over candidates [γ, K]
+                cand = prop.cand[0]
+                cbase = torch.gather(base, -1, cand)
+            else:
+                cand = torch.arange(base.shape[-1]).expand(base.shape[0], -1)
+                cbase = base
+            markov_on = prop.bias is not None and self.use_markov
+            corrected = cbase + prop.bias[0] if markov_on else cbase  # [γ, K]
+            base_top = _topk(base, k_rec)
+            corr_top = [[TokenProb(int(cand[r, t.token]), t.logit, t.prob) for t in row]
+                        for r, row in enumerate(_topk(corrected, k_rec))]
             boosted, suppressed = [], []
-            if prop.bias is not None and self.use_markov:
-                bias = prop.bias[0]
+            if markov_on:
+                bias = prop.bias[0]  # [γ, K]
                 bv, bi = torch.topk(bias, k_rec, dim=-1)
-                cand = torch.topk(base, min(50, base.shape[-1]), dim=-1).indices
-                cb = torch.gather(bias, -1, cand)
+                top50 = torch.topk(cbase, min(50, cbase.shape[-1]), dim=-1).indices
+                cb = torch.gather(bias, -1, top50)
                 sv, si = torch.topk(-cb, k_rec, dim=-1)
-                boosted = [[BiasEntry(int(t), float(b)) for t, b in zip(ti, vi)]
-                           for ti, vi in zip(bi.tolist(), bv.tolist())]
-                suppressed = [[BiasEntry(int(cand[r, j]), float(-v)) for j, v in zip(sj, vj)]
+                boosted = [[BiasEntry(int(cand[r, t]), float(b)) for t, b in zip(ti, vi)]
+                           for r, (ti, vi) in enumerate(zip(bi.tolist(), bv.tolist()))]
+                suppressed = [[BiasEntry(int(cand[r, top50[r, j]]), float(-v)) for j, v in zip(sj, vj)]
                               for r, (sj, vj) in enumerate(zip(si.tolist(), sv.tolist()))]
             a_raw = np.cumprod(pend.conf_raw) if pend.conf_raw is not None else None
             a_cal = np.cumprod(pend.conf_cal) if pend.conf_cal is not None else None

@@ -49,9 +49,9 @@ class DraftPos:
 
     k: int
     base_topk: list[TokenProb]  # parallel-stage U_k, probabilities at T = 1
-    boosted: list[BiasEntry]  # largest Markov biases B_k over the vocabulary
+    boosted: list[BiasEntry]  # largest Markov biases B_k among the sequential-stage candidates
     suppressed: list[BiasEntry]  # most negative biases among the base top-50 candidates
-    corrected_topk: list[TokenProb]  # U_k + B_k, probabilities at T = 1
+    corrected_topk: list[TokenProb]  # U_k + B_k over the candidates, probabilities at T = 1
     token: int  # sampled draft token x_k
     p_d: float  # probability of x_k under the distribution it was drawn from
     conf_raw: float | None = None  # c_k from the confidence head

@@ -39,19 +39,27 @@ class MarkovHead(nn.Module):
     def init_state(self, batch: int, device, dtype) -> torch.Tensor | None:
         return torch.zeros(batch, self.rank, device=device, dtype=dtype) if self.kind == "rnn" else None
 
-    def step(self, prev: torch.Tensor, h: torch.Tensor, state: torch.Tensor | None):
-        """One position. prev [B], h [B, H], state [B, r] | None → (bias [B, V], state)."""
+    def project(self, u: torch.Tensor, cand: torch.Tensor | None = None) -> torch.Tensor:
+        """u [B, r] → bias [B, V] (W2 u), or only at candidate ids cand [B, K] → [B, K]."""
+        if cand is None:
+            return self.w2(u).float()
+        return torch.einsum("bkr,br->bk", self.w2.weight[cand], u).float()
+
+    def step(self, prev: torch.Tensor, h: torch.Tensor, state: torch.Tensor | None,
+             cand: torch.Tensor | None = None):
+        """One position. prev [B], h [B, H], state [B, r] | None, cand [B, K] | None →
+        (bias [B, V] or [B, K] at the candidates, state)."""
         e = self.w1(prev)  # [B, r]
         if self.kind == "vanilla":
-            return self.w2(e).float(), state
+            return self.project(e, cand), state
         if self.kind == "gated":
             g = torch.sigmoid(self.gate(torch.cat([h, e], dim=-1)))
-            return self.w2(g * e).float(), state
+            return self.project(g * e, cand), state
         z = torch.cat([state, e, h], dim=-1)
         g, c, o = self.cell(z).chunk(3, dim=-1)
         gs = torch.sigmoid(g)
         state = gs * state + (1.0 - gs) * torch.tanh(c)
-        return self.w2(torch.tanh(o)).float(), state
+        return self.project(torch.tanh(o), cand), state
 
     def features(self, prev: torch.Tensor, h: torch.Tensor, block: int) -> torch.Tensor:
         """Teacher-forced pre-projection features for packed blocks.

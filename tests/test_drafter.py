@@ -1,0 +1,115 @@
+"""Drafter: taps, KV injection, Markov heads (step == teacher-forced), checkpoints."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_drafter
+
+from dspark_viz.drafter.model import ContextCache, DrafterError, DSparkDrafter
+
+
+def test_taps_come_from_the_same_pass(tiny_target_any):
+    T = tiny_target_any
+    ids = torch.tensor([T.encode("hello")])
+    out = T.forward(ids, T.new_cache(), (-1, 0))
+    assert out.taps.shape == (1, ids.shape[1], 2 * T.hidden_size)
+    emb = T.embed(ids)
+    assert torch.allclose(out.taps[..., : T.hidden_size], emb, atol=1e-6)  # −1 = embedding output
+    with torch.inference_mode():
+        ref = T.model(ids, output_hidden_states=True).hidden_states[1]
+    assert torch.allclose(out.taps[..., T.hidden_size:], ref, atol=1e-5)
+
+
+def test_cache_crop_matches_fresh_pass(tiny_target_any):
+    T = tiny_target_any
+    ids = T.encode("abcdefgh")
+    c = T.new_cache()
+    T.forward(torch.tensor([ids[:5]]), c)
+    T.forward(torch.tensor([ids[5:] + [9, 9, 9]]), c)
+    T.crop(c, len(ids))
+    nxt = T.forward(torch.tensor([[7]]), c).logits[0, -1]
+    fresh = T.forward(torch.tensor([ids + [7]]), T.new_cache()).logits[0, -1]
+    assert torch.allclose(nxt, fresh, atol=1e-4)
+
+
+def test_context_is_injected_and_incremental(tiny_qwen):
+    T, D = tiny_qwen, make_drafter(tiny_qwen)
+    taps = T.forward(torch.tensor([T.encode("some context here")]), T.new_cache(),
+                     D.cfg.target_layer_ids).taps
+    full, inc = ContextCache(), ContextCache()
+    D.extend_context(full, taps)
+    D.extend_context(inc, taps[:, :4])
+    D.extend_context(inc, taps[:, 4:])
+    for (k1, v1), (k2, v2) in zip(full.kv, inc.kv):
+        assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+    a = torch.tensor([T.encode("x")[-1]])
+    g = lambda: torch.Generator().manual_seed(0)
+    p1 = D.propose(T, full, a, gamma=4, temperature=0.0, gen=g())
+    other = ContextCache()
+    D.extend_context(other, taps.flip(1))
+    p2 = D.propose(T, other, a, gamma=4, temperature=0.0, gen=g())
+    assert not torch.allclose(p1.base_logits, p2.base_logits)  # the block sees the context
+    assert p1.tokens.shape == (1, 4) and p1.q.shape == (1, 4, T.vocab_size)
+    assert torch.allclose(p1.q.sum(-1), torch.ones(1, 4))
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "gated", "rnn"])
+def test_markov_step_equals_teacher_forced(tiny_gemma, kind):
+    D = make_drafter(tiny_gemma, markov_type=kind)
+    torch.manual_seed(0)
+    B, blocks, g, H = 2, 3, 4, tiny_gemma.hidden_size
+    prev = torch.randint(0, 300, (B, blocks * g))
+    h = torch.randn(B, blocks * g, H)
+    with torch.no_grad():
+        tf = D.markov.w2(D.markov.features(prev, h, g)).float()
+        for b in range(blocks):
+            state = D.markov.init_state(B, "cpu", torch.float32)
+            for k in range(g):
+                i = b * g + k
+                step, state = D.markov.step(prev[:, i], h[:, i], state)
+                assert torch.allclose(step, tf[:, i], atol=1e-5), (kind, b, k)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "gated", "rnn", "none"])
+def test_save_load_round_trip(tmp_path, tiny_qwen, kind):
+    T = tiny_qwen
+    D = make_drafter(T, markov_type=kind)
+    D.calibration = [1.5, 1.2, 1.0]
+    D.save_pretrained(tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        "calibration.json", "config.json", "model.safetensors"]
+    E = DSparkDrafter.from_pretrained(tmp_path / "d", target=T)
+    assert E.cfg == D.cfg and E.calibration == [1.5, 1.2, 1.0]
+    for (k, v), (k2, v2) in zip(D.state_dict().items(), E.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+
+
+def test_bad_checkpoints_are_refused(tmp_path, tiny_qwen, tiny_gemma):
+    T = tiny_qwen
+    with pytest.raises(DrafterError, match="does not exist"):
+        DSparkDrafter.from_pretrained(tmp_path / "nope", target=T)
+    make_drafter(tiny_gemma).save_pretrained(tmp_path / "g")
+    with pytest.raises(DrafterError, match="family"):
+        DSparkDrafter.from_pretrained(tmp_path / "g", target=T)
+    d = tmp_path / "q"
+    make_drafter(T).save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "hidden_size": 99}))
+    with pytest.raises(DrafterError, match="hidden size"):
+        DSparkDrafter.from_pretrained(d, target=T)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(DrafterError, match="not valid JSON"):
+        DSparkDrafter.from_pretrained(d)
+    (d / "config.json").write_text(json.dumps({**cfg, "bogus": 1}))
+    with pytest.raises(DrafterError, match="unknown drafter config keys"):
+        DSparkDrafter.from_pretrained(d)
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(DrafterError, match="safetensors"):
+        DSparkDrafter.from_pretrained(d, target=T)
+    (d / "config.json").write_text(json.dumps({**cfg, "target_layer_ids": [0, 5]}))
+    with pytest.raises(DrafterError, match="out of range"):
+        DSparkDrafter.from_pretrained(d)
