@@ -43,6 +43,7 @@ class DrafterConfig:
     markov_type: str = "vanilla"
     markov_rank: int = 256
     confidence_head: bool = True
+    draft_vocab_size: int = 0  # 0 = the whole target vocabulary; else a restricted draft vocab
     target_name: str = ""
 
     def __post_init__(self) -> None:
@@ -65,12 +66,18 @@ class DrafterConfig:
             raise ConfigError("num_heads must be a multiple of num_kv_heads")
         if self.markov_type != "none" and self.markov_rank < 1:
             raise ConfigError("markov_rank must be ≥ 1 when a Markov head is used")
+        if not 0 <= self.draft_vocab_size <= self.vocab_size:
+            raise ConfigError(f"draft_vocab_size must be in [0, vocab_size], got {self.draft_vocab_size}")
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ConfigError(f"mask_token_id {self.mask_token_id} outside the vocabulary")
 
     @property
     def has_markov(self) -> bool:
         return self.markov_type != "none"
+
+    @property
+    def restricted(self) -> bool:
+        return 0 < self.draft_vocab_size < self.vocab_size
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -9,7 +9,7 @@ import torch
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)  # tiny models: one thread is fastest, and immune to a busy machine
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +85,7 @@ class OracleDrafter:
                     hist.append(int(x[0])); prev = x
                 conf = torch.full((1, gamma), 2.0) if self.confidence is not None else None
                 return Proposal(tokens=torch.tensor([toks]), q=torch.stack(qs).unsqueeze(0),
-                                base_logits=torch.stack(bases).unsqueeze(0), cand=None,
+                                base_logits=torch.stack(bases).unsqueeze(0), base_ids=None, cand=None,
                                 bias=torch.stack(biases).unsqueeze(0) if biases else None,
                                 conf_logit=conf)
 

@@ -113,3 +113,31 @@ def test_bad_checkpoints_are_refused(tmp_path, tiny_qwen, tiny_gemma):
     (d / "config.json").write_text(json.dumps({**cfg, "target_layer_ids": [0, 5]}))
     with pytest.raises(DrafterError, match="out of range"):
         DSparkDrafter.from_pretrained(d)
+
+
+def test_restricted_draft_vocabulary(tmp_path, tiny_qwen):
+    """A restricted draft vocabulary: drafts and q stay inside it, greedy output is unchanged,
+    and the vocabulary survives save/load."""
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession, plain_decode
+    T = tiny_qwen
+    D = make_drafter(T, draft_vocab_size=64)
+    vocab = torch.arange(4, 4 + 128, 2)  # 64 ids
+    D.set_draft_vocab(vocab)
+    assert D.markov.w2.weight.shape[0] == 64 and D.markov.w1.weight.shape[0] == 65
+    assert D.to_draft_index(torch.tensor([4, 6, 5, 300])).tolist() == [0, 1, 64, 64]
+    cfg = DecodeConfig(gamma=4, max_new_tokens=20, temperature=1.0, seed=3, draft_candidates=16)
+    s = SpecSession(T, D, cfg)
+    tr = s.run("restricted")
+    allowed = set(vocab.tolist())
+    assert all(d.token in allowed for r in tr.rounds for d in r.draft)
+    assert all(t.token in allowed for r in tr.rounds for d in r.draft for t in d.base_topk)
+    g = DecodeConfig(gamma=4, max_new_tokens=20)
+    s2 = SpecSession(T, D, g)
+    s2.run("restricted")
+    assert s2.generated == plain_decode(T, "restricted", g)
+    D.save_pretrained(tmp_path / "r")
+    E = DSparkDrafter.from_pretrained(tmp_path / "r", target=T)
+    assert torch.equal(E.draft_vocab, vocab) and E.draft_vocab.dtype == torch.long
+    with pytest.raises(ValueError):
+        D.set_draft_vocab(torch.arange(10))

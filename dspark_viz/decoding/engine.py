@@ -233,16 +233,19 @@ class SpecSession:
         prop = pend.proposal
         draft_pos: list[DraftPos] = []
         if prop is not None:
-            base = prop.base_logits[0]  # [γ, V]
+            base = prop.base_logits[0]  # [γ, Vd] over draft indices
+            ids = prop.base_ids if prop.base_ids is not None else torch.arange(base.shape[-1])
             if prop.cand is not None:  # sequential stage ran over candidates [γ, K]
                 cand = prop.cand[0]
                 cbase = torch.gather(base, -1, cand)
             else:
                 cand = torch.arange(base.shape[-1]).expand(base.shape[0], -1)
                 cbase = base
+            cand = ids[cand]  # [γ, K] target ids
             markov_on = prop.bias is not None and self.use_markov
             corrected = cbase + prop.bias[0] if markov_on else cbase  # [γ, K]
-            base_top = _topk(base, k_rec)
+            base_top = [[TokenProb(int(ids[t.token]), t.logit, t.prob) for t in row]
+                        for row in _topk(base, k_rec)]
             corr_top = [[TokenProb(int(cand[r, t.token]), t.logit, t.prob) for t in row]
                         for r, row in enumerate(_topk(corrected, k_rec))]
             boosted, suppressed = [], []

@@ -9,7 +9,8 @@ blocks (training, with the true previous token):
 - ``rnn``:     eq. 6 — z = [s_{k−1}; W1[x_{k−1}]; h_k], s_k = σ(g)⊙s_{k−1} + (1−σ(g))⊙tanh(c),
                B = W2ᵀ tanh(o), with (g, c, o) from one linear map of z.
 
-Shapes: B batch, Q positions, H hidden, r rank, V vocabulary.
+Token ids here are in the drafter's vocabulary space (see ``DSparkDrafter.to_draft_index``).
+Shapes: B batch, Q positions, H hidden, r rank, V (draft) vocabulary.
 """
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from torch import nn
 
 
 class MarkovHead(nn.Module):
-    def __init__(self, kind: str, vocab: int, hidden: int, rank: int) -> None:
+    def __init__(self, kind: str, vocab: int, hidden: int, rank: int,
+                 in_vocab: int | None = None) -> None:
+        """``vocab``: outputs of W2 (the draft vocabulary); ``in_vocab``: rows of W1 (defaults to
+        ``vocab``; a restricted draft vocabulary adds one out-of-vocabulary row)."""
         super().__init__()
         if kind not in ("vanilla", "gated", "rnn"):
             raise ValueError(f"unknown Markov head {kind!r}")
         self.kind, self.rank = kind, rank
-        self.w1 = nn.Embedding(vocab, rank)  # the "Markov embedding" lookup W1
+        self.w1 = nn.Embedding(in_vocab or vocab, rank)  # the "Markov embedding" lookup W1
         self.w2 = nn.Linear(rank, vocab, bias=False)  # the logit projection W2
         nn.init.normal_(self.w1.weight, std=1.0)
         nn.init.normal_(self.w2.weight, std=0.02 / rank ** 0.5)

@@ -75,8 +75,9 @@ class Proposal:
 
     tokens: torch.Tensor  # [B, γ] sampled draft tokens
     q: torch.Tensor  # [B, γ, V] the distribution each token was drawn from (after warping)
-    base_logits: torch.Tensor  # [B, γ, V] parallel-stage logits U_k
-    cand: torch.Tensor | None  # [B, γ, K] candidate ids the sequential stage ran over (None: all V)
+    base_logits: torch.Tensor  # [B, γ, Vd] parallel-stage logits U_k over the draft vocabulary
+    base_ids: torch.Tensor | None  # [Vd] target id of each draft index (None: identity, Vd = V)
+    cand: torch.Tensor | None  # [B, γ, K] draft indices the sequential stage ran over (None: all)
     bias: torch.Tensor | None  # [B, γ, K] (or [B, γ, V]) Markov bias B_k at the candidates
     conf_logit: torch.Tensor | None  # [B, γ] confidence logits (σ → c_k), None without head
     draft_ms: float = 0.0  # parallel pass (backbone + LM head)
@@ -92,8 +93,14 @@ class DSparkDrafter(nn.Module):
         self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
         self.layers = nn.ModuleList([DraftLayer(cfg) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
-        self.markov = (MarkovHead(cfg.markov_type, cfg.vocab_size, H, cfg.markov_rank)
+        Vd = cfg.draft_vocab_size if cfg.restricted else cfg.vocab_size
+        self.markov = (MarkovHead(cfg.markov_type, Vd, H, cfg.markov_rank,
+                                  in_vocab=Vd + 1 if cfg.restricted else Vd)
                        if cfg.has_markov else None)
+        # restricted draft vocabulary: sorted target ids the drafter may propose (saved)
+        self.register_buffer("draft_vocab", torch.arange(Vd, dtype=torch.long), persistent=cfg.restricted)
+        self._index_of: torch.Tensor | None = None  # [V] target id → draft index (Vd = OOV)
+        self._head: tuple[int, torch.Tensor] | None = None  # cached sliced LM head weight
         self.confidence = (ConfidenceHead(H, cfg.markov_rank if cfg.has_markov else 0)
                            if cfg.confidence_head else None)
         self.calibration: list[float] | None = None  # STS temperatures per position
@@ -101,6 +108,41 @@ class DSparkDrafter(nn.Module):
             if isinstance(m, nn.Linear) and m not in (getattr(self.markov, "w2", None),) and \
                     (self.confidence is None or m is not self.confidence.proj):
                 nn.init.normal_(m.weight, std=0.02)
+
+    # ------------------------------------------------------------------ draft vocabulary
+    def set_draft_vocab(self, ids: torch.Tensor) -> None:
+        """Install the restricted draft vocabulary (sorted, unique target ids, size Vd)."""
+        ids = torch.as_tensor(ids, dtype=torch.long).unique(sorted=True)
+        if not self.cfg.restricted or ids.numel() != self.cfg.draft_vocab_size:
+            raise ValueError(f"draft vocab must have {self.cfg.draft_vocab_size} unique ids, got {ids.numel()}")
+        if int(ids[0]) < 0 or int(ids[-1]) >= self.cfg.vocab_size:
+            raise ValueError("draft vocab ids outside the target vocabulary")
+        self.draft_vocab = ids.to(self.draft_vocab.device)
+        self._index_of, self._head = None, None
+
+    def to_draft_index(self, ids: torch.Tensor) -> torch.Tensor:
+        """Target token ids […] → draft-vocabulary indices […]; Vd for ids outside it."""
+        if not self.cfg.restricted:
+            return ids
+        if self._index_of is None or self._index_of.device != ids.device:
+            idx = torch.full((self.cfg.vocab_size,), self.cfg.draft_vocab_size, dtype=torch.long,
+                             device=ids.device)
+            idx[self.draft_vocab.to(ids.device)] = torch.arange(self.cfg.draft_vocab_size, device=ids.device)
+            self._index_of = idx
+        return self._index_of[ids]
+
+    def draft_logits(self, target, h: torch.Tensor) -> torch.Tensor:
+        """h […, H] → base logits […, Vd] through the target's frozen LM head (its rows for the
+        draft vocabulary when restricted; the whole head otherwise)."""
+        if not self.cfg.restricted:
+            return target.logits(h.to(target.dtype))
+        w_full = target.model.get_output_embeddings().weight
+        if self._head is None or self._head[0] != id(w_full) or self._head[1].device != w_full.device:
+            self._head = (id(w_full), w_full.detach()[self.draft_vocab.to(w_full.device)].contiguous())
+        z = torch.nn.functional.linear(h.to(w_full.dtype), self._head[1]).float()
+        if target.softcap:
+            z = torch.tanh(z / target.softcap) * target.softcap
+        return z
 
     # ------------------------------------------------------------------ context features
     def context_features(self, taps: torch.Tensor) -> torch.Tensor:
@@ -167,40 +209,45 @@ class DSparkDrafter(nn.Module):
         B = anchor.shape[0]
         pos = torch.arange(cache.length, cache.length + gamma, device=anchor.device)
         h = self.backbone(self.block_inputs(target, anchor, gamma), pos.expand(B, -1), cache.kv)
-        base = target.logits(h.to(target.dtype))  # [B, γ, V]
-        V = base.shape[-1]
-        if 0 < candidates < V:
-            cvals, cand = torch.topk(base, candidates, dim=-1)  # [B, γ, K]
+        base = self.draft_logits(target, h)  # [B, γ, Vd] (Vd = V unless restricted)
+        V, Vd = target.vocab_size, base.shape[-1]
+        vocab = self.draft_vocab if self.cfg.restricted else None  # draft index → target id
+        if 0 < candidates < Vd:
+            cvals, cand = torch.topk(base, candidates, dim=-1)  # [B, γ, K] draft indices
+        elif vocab is not None:
+            cvals, cand = base, torch.arange(Vd, device=base.device).expand(B, gamma, Vd)
         else:
             cvals, cand = base, None
         t1 = time.perf_counter()
         markov = self.markov if (use_markov and self.markov is not None) else None
         state = markov.init_state(B, h.device, h.dtype) if markov is not None else None
-        prev = anchor
+        prev = anchor  # target ids
         toks, qs, biases, confs = [], [], [], []
         for k in range(gamma):
-            ck = cand[:, k] if cand is not None else None
+            ck = cand[:, k] if cand is not None else None  # draft indices [B, K]
             z = cvals[:, k]
+            prev_d = self.to_draft_index(prev)
             if markov is not None:
-                b, state = markov.step(prev, h[:, k], state, ck)
+                b, state = markov.step(prev_d, h[:, k], state, ck)
                 biases.append(b)
                 z = z + b
             qc = warp(z, temperature=temperature, top_k=top_k, top_p=top_p)  # [B, K]
             xc = draw(qc, gen)
             if ck is not None:
-                x = ck.gather(-1, xc.unsqueeze(-1)).squeeze(-1)
-                q = qc.new_zeros(B, V).scatter_(-1, ck, qc)
+                ids = ck if vocab is None else vocab[ck]  # [B, K] target ids
+                x = ids.gather(-1, xc.unsqueeze(-1)).squeeze(-1)
+                q = qc.new_zeros(B, V).scatter_(-1, ids, qc)
             else:
                 x, q = xc, qc
             if self.confidence is not None:
-                e = self.markov.prev_embed(prev) if self.markov is not None else None
+                e = self.markov.prev_embed(prev_d) if self.markov is not None else None
                 confs.append(self.confidence(h[:, k], e))
             toks.append(x)
             qs.append(q)
             prev = x
         t2 = time.perf_counter()
         return Proposal(tokens=torch.stack(toks, 1), q=torch.stack(qs, 1), base_logits=base,
-                        cand=cand, bias=torch.stack(biases, 1) if biases else None,
+                        base_ids=vocab, cand=cand, bias=torch.stack(biases, 1) if biases else None,
                         conf_logit=torch.stack(confs, 1) if confs else None,
                         draft_ms=(t1 - t0) * 1e3, markov_ms=(t2 - t1) * 1e3)
 
@@ -261,7 +308,7 @@ class DSparkDrafter(nn.Module):
         for k, v in sd.items():
             if v.shape != expected[k].shape:
                 raise DrafterError(f"{w_file}: {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}")
-        model.load_state_dict({k: v.float() for k, v in sd.items()})
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
         cal = path / "calibration.json"
         if cal.exists():
             try:
