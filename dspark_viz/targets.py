@@ -250,7 +250,14 @@ def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
             import shutil
             shutil.rmtree(snap)
         tmp.rename(snap)
-    model = AutoModelForCausalLM.from_pretrained(snap, dtype=torch.float32)
+    from transformers.utils import logging as hf_logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a local snapshot loads in about a second
+    try:
+        model = AutoModelForCausalLM.from_pretrained(snap, dtype=torch.float32)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     model = model.to(device=device, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(snap)
     t = _wrap_hf(model, tok, EMBEDDED_NAME)

@@ -42,8 +42,8 @@ def test_trace_on_embedded_default(tmp_path, capsys):
 def test_wrong_drafter_and_long_prompt_on_embedded(tmp_path, capsys, tiny_qwen):
     make_drafter(tiny_qwen).save_pretrained(tmp_path / "tinyd")
     assert main(["trace", "--prompt", "hi", "--drafter", str(tmp_path / "tinyd")]) == 2
-    err = capsys.readouterr().err
-    assert "does not fit target" in err and err.strip().count("\n") == 0
+    err = capsys.readouterr().err.strip()
+    assert "does not fit target" in err and err.count("\n") == 0
     assert main(["trace", "--prompt", "word " * 40000, "--drafter", "none"]) == 2
     assert "exceeds the target context" in capsys.readouterr().err
 
