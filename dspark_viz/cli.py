@@ -30,8 +30,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean bad input (reported in one line, never a traceback)."""
     from dspark_viz.decoding.trace import TraceError
     from dspark_viz.drafter.model import DrafterError
+    from dspark_viz.load.capacity import CapacityError
+    from dspark_viz.load.simulator import SimError
     from dspark_viz.targets import TargetError
-    return (CLIError, ConfigError, TargetError, DrafterError, TraceError, FileNotFoundError)
+    return (CLIError, ConfigError, TargetError, DrafterError, TraceError, CapacityError, SimError,
+            FileNotFoundError)
 
 
 def add_decode_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,379 @@
+"""``dspark-viz eval`` and ``dspark-viz calibrate``: parsing, printing, files.
+
+Scope: the command-line edge of ``eval.benchmark`` and ``eval.calibration`` — build drafter
+runs and prompt sets from arguments, print the tables with their definitions, write
+``--json`` reports, figures (interactive HTML always; PNG through plotly/kaleido when a
+Chrome/Chromium is available, otherwise said so on the terminal), trace files, and the STS
+``calibration.json`` beside the drafter. No metric or fitting logic lives here.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from dspark_viz.cli import CLIError, add_decode_args
+from dspark_viz.config import GAMMA_MAX
+
+MODES = ("dspark", "dflash")
+
+
+# ----------------------------------------------------------------------------- figures
+def save_figures(figs: dict, outdir: Path, *, png: bool = True) -> tuple[list[Path], str | None]:
+    """Write ``name.html`` (plotly.js beside it, works offline) and ``name.png`` per figure.
+
+    Returns (written paths, why PNG export failed or None).
+    """
+    import plotly.io as pio
+    from plotly.offline import get_plotlyjs
+    outdir.mkdir(parents=True, exist_ok=True)
+    js = outdir / "plotly.min.js"
+    if not js.exists():
+        js.write_text(get_plotlyjs(), encoding="utf-8")
+    written = []
+    for name, fig in figs.items():
+        p = outdir / f"{name}.html"
+        fig.write_html(p, include_plotlyjs="directory")
+        written.append(p)
+    if not png or not figs:
+        return written, None
+    pngs = [outdir / f"{name}.png" for name in figs]
+    try:
+        pio.write_images(list(figs.values()), pngs, format="png", width=1200, scale=1)
+    except Exception as e:  # kaleido missing, no Chrome, sandbox…: keep the HTML, say why
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        return written, f"{type(e).__name__}: {first}"
+    return written + pngs, None
+
+
+def _print_figures(written: list[Path], png_error: str | None) -> None:
+    for p in written:
+        print(f"figure written to {p}")
+    if png_error:
+        print(f"PNG export unavailable ({png_error}); the interactive HTML figures were written. "
+              "PNG needs `pip install kaleido` and a Chrome/Chromium (Debian: apt-get install chromium).")
+
+
+def _floats(spec: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise CLIError(f"{what}: expected comma-separated numbers, got {spec!r}") from None
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise CLIError(f"{what}: expected comma-separated numbers, got {spec!r}")
+    return vals
+
+
+def _datasets(a) -> dict[str, list[str]]:
+    from dspark_viz.eval.prompts import builtin_sets, dataset_name, read_turns_jsonl
+    sets: dict[str, list[str]] = {}
+    if a.prompts != "none" and (a.prompts is not None or not a.data):
+        sets.update(builtin_sets(a.prompts))
+    for path in a.data or []:
+        name = dataset_name(path)
+        if name in sets:
+            raise CLIError(f"two eval sets are named {name!r}; rename one file")
+        sets[name] = read_turns_jsonl(path)
+    if not sets:
+        raise CLIError("no prompts: give --prompts and/or --data")
+    return sets
+
+
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", default=None,
+                   help="built-in prompt sets: code,math,prose, 'all' (default when no --data) "
+                        "or 'none'")
+    p.add_argument("--data", action="append", type=Path, default=None, metavar="JSONL",
+                   help="eval set in DeepSpec layout ({'turns': [...]} per line, first turn "
+                        "used); repeatable")
+    p.add_argument("--samples", type=int, default=None, help="cap on prompts per dataset")
+    p.add_argument("--batch-size", type=int, default=1, help="requests decoded in lock step")
+    p.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
+                   help="wrap prompts in the target's chat template (auto: when it has one)")
+    p.add_argument("--thinking", action="store_true",
+                   help="enable_thinking=True for chat templates that support it (Qwen3)")
+
+
+# ----------------------------------------------------------------------------- eval
+def _drafter_runs(a, target) -> list:
+    from dspark_viz.drafter.registry import resolve_drafter
+    from dspark_viz.eval.benchmark import DrafterRun
+    if a.drafters:
+        specs = [s.strip() for s in a.drafters.split(",") if s.strip()]
+    elif a.drafter is not None:
+        specs = [a.drafter if a.drafter == "none" else f"{a.drafter}:{a.mode or 'dspark'}"]
+    else:
+        specs = ["default:dspark", "default:dflash"]
+    parsed = []
+    for s in specs:
+        name, _, mode = s.rpartition(":")
+        if not name or mode not in MODES + ("ar",):
+            name, mode = s, ("ar" if s == "none" else "dspark")
+        if (name == "none") != (mode == "ar"):
+            raise CLIError(f"--drafters {s!r}: 'none' is plain decoding and takes no mode")
+        parsed.append((name, mode))
+    modes = [m for _, m in parsed]
+    runs, cache = [], {}
+    for name, mode in parsed:
+        if mode == "ar":
+            runs.append(DrafterRun("plain", None, "ar", "none"))
+            continue
+        key = (name, mode if name == "default" else "")
+        if key not in cache:
+            cache[key] = resolve_drafter(name, target, kind=mode)
+        drafter, where = cache[key]
+        label = mode if modes.count(mode) == 1 else f"{Path(name).name}:{mode}"
+        runs.append(DrafterRun(label, drafter, mode, where))
+    return runs
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    from dspark_viz.eval.benchmark import (DEFAULT_THRESHOLDS, EvalSettings, format_sweep,
+                                           format_table, run_eval)
+    from dspark_viz.targets import load_target
+    if a.markov_off or a.force_ell is not None:
+        raise CLIError("eval compares whole drafters: use --drafters PATH:dflash for the "
+                       "Markov-off ablation (--markov-off/--force-ell are for `trace`)")
+    if not 1 <= a.gamma <= GAMMA_MAX:
+        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
+    temps = ((a.temperature,) if a.temperature is not None
+             else _floats(a.temperatures, "--temperatures"))
+    if any(t < 0 for t in temps):
+        raise CLIError(f"temperatures must be ≥ 0, got {temps}")
+    thresholds = None
+    if a.sweep_threshold is not None:
+        thresholds = (DEFAULT_THRESHOLDS if a.sweep_threshold == "default"
+                      else _floats(a.sweep_threshold, "--sweep-threshold"))
+    settings = EvalSettings(gamma=a.gamma, temperatures=temps, max_new_tokens=a.max_new_tokens,
+                            samples=a.samples, seed=a.seed, batch_size=a.batch_size,
+                            top_k=a.top_k, top_p=a.top_p, policy=a.policy,
+                            calibrated=not a.no_calibration, chat_template=a.chat_template,
+                            thinking=a.thinking, thresholds=thresholds)
+    sets = _datasets(a)
+    target = load_target(a.target, device=a.device)
+    runs = _drafter_runs(a, target)
+    n_batches = sum(math.ceil(min(len(p), a.samples or len(p)) / a.batch_size) for p in sets.values())
+    total = n_batches * len(temps) * (len(runs) + (0 if any(r.mode == "ar" for r in runs) else 1))
+    from tqdm.auto import tqdm
+    with tqdm(total=total, desc="eval", unit="batch", disable=a.quiet, file=sys.stderr) as bar:
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg, refresh=False)
+            bar.update(1)
+        report = run_eval(target, runs, sets, settings, progress=progress,
+                          keep_traces=a.save_traces is not None)
+    traces = report.pop("_traces", None)
+    print(f"target: {report['target']}   device: {report['device']}   γ={a.gamma}   "
+          f"max new tokens {a.max_new_tokens}   policy: {a.policy or f'fixed({a.gamma})'}")
+    for d in report["drafters"]:
+        print(f"  {d['label']:<14} mode {d['mode']:<6} {d['name']}")
+    print(format_table(report))
+    if thresholds:
+        print()
+        print(format_sweep(report))
+        print(f"sweep: {report['definitions']['sweep']}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False))
+        print(f"report written to {a.json}")
+    if traces is not None:
+        n = 0
+        for (T, label, ds), trs in traces.items():
+            d = a.save_traces / f"T{T:g}" / label.replace("/", "_") / ds
+            d.mkdir(parents=True, exist_ok=True)
+            for i, tr in enumerate(trs):
+                tr.save(d / f"{i:04d}.json")
+                n += 1
+        print(f"{n} traces written under {a.save_traces}")
+    if a.plots:
+        figs = eval_figures(report)
+        _print_figures(*save_figures(figs, a.plots, png=not a.no_png))
+    return 0
+
+
+def eval_figures(report: dict) -> dict:
+    from dspark_viz.viz import eval_figures as ef
+    figs = {}
+    for T in dict.fromkeys(r["temperature"] for r in report["results"]):
+        figs[f"tau_T{T:g}"] = ef.tau_figure(report, T)
+        figs[f"conditional_acceptance_T{T:g}"] = ef.conditional_acceptance_figure(report, T)
+        figs[f"cumulative_survival_T{T:g}"] = ef.conditional_acceptance_figure(
+            report, T, key="cumulative_survival")
+    figs["speedup"] = ef.speedup_figure(report)
+    for s in report.get("sweep", []):
+        figs[f"threshold_sweep_{s['drafter'].replace('/', '_').replace(':', '_')}_T{s['temperature']:g}"] = \
+            ef.sweep_figure(s)
+    return figs
+
+
+# ----------------------------------------------------------------------------- calibrate
+def _calibration_traces(a, target, drafter) -> list:
+    from dspark_viz.decoding.trace import Trace
+    from dspark_viz.eval.benchmark import DrafterRun, EvalSettings, decode_batch, encode_prompt
+    if a.traces:
+        files = []
+        for p in a.traces:
+            files.extend(sorted(p.rglob("*.json")) if p.is_dir() else [p])
+        if not files:
+            raise CLIError("--traces: no trace files found")
+        return [Trace.load(f) for f in files]
+    sets = _datasets(a)
+    prompts = [t for ps in sets.values() for t in (ps[: a.samples] if a.samples else ps)]
+    settings = EvalSettings(gamma=a.gamma, temperatures=(a.temperature,),
+                            max_new_tokens=a.max_new_tokens, seed=a.seed, batch_size=a.batch_size,
+                            top_k=a.top_k, top_p=a.top_p, policy=None, calibrated=False,
+                            chat_template=a.chat_template, thinking=a.thinking)
+    run = DrafterRun("dspark", drafter, "dspark")
+    enc = [encode_prompt(target, t, a.chat_template, a.thinking) for t in prompts]
+    traces = []
+    from tqdm.auto import tqdm
+    for b in tqdm(range(0, len(enc), a.batch_size), desc="collect rounds", unit="batch",
+                  disable=a.quiet, file=sys.stderr):
+        chunk = enc[b: b + a.batch_size]
+        tr, _ = decode_batch(target, run, chunk, settings, a.temperature,
+                             [a.seed + b + i for i in range(len(chunk))])
+        traces.extend(tr)
+    return traces
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    from dspark_viz.drafter.model import DSparkDrafter
+    from dspark_viz.drafter.registry import shipped_drafter_path
+    from dspark_viz.eval import calibration as C
+    from dspark_viz.targets import load_target
+    if not 1 <= a.gamma <= GAMMA_MAX:
+        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
+    if a.temperature < 0:
+        raise CLIError(f"--temperature must be ≥ 0, got {a.temperature}")
+    if a.bins < 2:
+        raise CLIError(f"--bins must be ≥ 2, got {a.bins}")
+    target = load_target(a.target, device=a.device)
+    if a.drafter == "default":
+        path = shipped_drafter_path(target.name, "dspark")
+        if path is None:
+            raise CLIError(f"no shipped drafter for {target.name}: pass --drafter DIR")
+    else:
+        path = Path(a.drafter)
+    drafter = DSparkDrafter.from_pretrained(path, target=target)
+    if drafter.confidence is None:
+        raise CLIError(f"drafter {path} has no confidence head: nothing to calibrate")
+    traces = _calibration_traces(a, target, drafter)
+    fit_idx, ho_idx = C.split_rounds(len(traces), a.holdout, a.seed)
+    fit_tr = [traces[i] for i in fit_idx]
+    ho_tr = [traces[i] for i in ho_idx] or fit_tr
+    fit_data = C.collect_pairs(fit_tr)
+    ho_data = C.collect_pairs(ho_tr)
+    fit = C.fit_sts(fit_data, n_bins=a.bins)
+    rep_fit = C.calibration_report(fit_data, fit.temperatures, a.bins)
+    rep_ho = C.calibration_report(ho_data, fit.temperatures, a.bins)
+    where = "held-out" if len(ho_idx) else "fitting (no held-out prompts: --holdout 0)"
+    print(f"drafter: {path}   target: {target.name}   γ={a.gamma}   T={a.temperature:g}")
+    print(f"prompts: {len(fit_tr)} fitting ({len(fit_data)} rounds), {len(ho_idx)} held-out "
+          f"({len(ho_data) if len(ho_idx) else 0} rounds); report on the {where} rounds")
+    head = (f"{'k':>2} {'T_k':>6} {'n':>5} {'ECE raw→STS':>15} {'AUROC raw/STS':>14} "
+            f"{'Brier raw→STS':>15} {'mean a_k raw→STS':>17} {'observed':>8}")
+    print(head)
+    print("-" * len(head))
+
+    def f(x, s):
+        return "–" if x is None else format(x, s)
+
+    for k, (b, t) in enumerate(zip(rep_ho["before"], rep_ho["after"])):
+        print(f"{k + 1:>2} {fit.temperatures[k]:>6.3f} {b['n']:>5} "
+              f"{f(b['ece'], '.1%'):>7}→{f(t['ece'], '.1%'):<7} "
+              f"{f(b['auroc'], '.3f'):>6}/{f(t['auroc'], '.3f'):<7} "
+              f"{f(b['brier'], '.3f'):>7}→{f(t['brier'], '.3f'):<7} "
+              f"{f(b['mean_pred'], '.3f'):>8}→{f(t['mean_pred'], '.3f'):<8} {f(b['observed'], '.3f'):>8}")
+    print(f"mean ECE {f(rep_ho['mean_ece_before'], '.2%')} → {f(rep_ho['mean_ece_after'], '.2%')}")
+    print(f"({C.DEFINITIONS['target']}; ECE: {C.DEFINITIONS['ece']})")
+    compact = [{"k": b["k"], "T": fit.temperatures[i], "n": b["n"], "ece_before": b["ece"],
+                "ece_after": t["ece"], "auroc_before": b["auroc"], "auroc_after": t["auroc"],
+                "brier_before": b["brier"], "brier_after": t["brier"],
+                "mean_pred_before": b["mean_pred"], "mean_pred_after": t["mean_pred"],
+                "observed": b["observed"]}
+               for i, (b, t) in enumerate(zip(rep_ho["before"], rep_ho["after"]))]
+    extra = {"n_bins": a.bins, "gamma": a.gamma, "temperature": a.temperature,
+             "fit_rounds": len(fit_data), "report_on": where, "per_position": compact,
+             "definitions": C.DEFINITIONS}
+    if a.dry_run:
+        print("--dry-run: calibration.json not written")
+    else:
+        out = C.save_calibration(path, fit.temperatures, extra)
+        print(f"calibration written to {out} (applied automatically when the drafter is loaded)")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"drafter": str(path), "target": target.name,
+                                      "temperatures": fit.temperatures, "fit": rep_fit,
+                                      "report": rep_ho, "report_on": where}, indent=1,
+                                     allow_nan=False))
+        print(f"report written to {a.json}")
+    if a.plots:
+        from dspark_viz.viz import eval_figures as ef
+        ks = [r["k"] for r in rep_ho["before"] if r["n"]]
+        figs = {"reliability": ef.reliability_figure(rep_ho, ks[:8],
+                                                     title=f"Reliability of a_k ({where} rounds)"),
+                "sts_summary": ef.calibration_summary_figure(rep_ho)}
+        _print_figures(*save_figures(figs, a.plots, png=not a.no_png))
+    return 0
+
+
+# ----------------------------------------------------------------------------- registration
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="benchmark drafters: τ, acceptance, per-position stats, speedup",
+                       description="Decode built-in and/or JSONL prompt sets with several drafters "
+                                   "and plain decoding on one target; print τ (with the +1 target "
+                                   "token), acceptance rate, per-position survival and conditional "
+                                   "acceptance, tokens per target pass and wall-clock speedup.")
+    add_decode_args(p)
+    p.set_defaults(temperature=None, drafter=None)
+    p.add_argument("--drafters", default=None,
+                   help="comma list of DRAFTER[:MODE] (DRAFTER: checkpoint dir, default, random, "
+                        "none; MODE: dspark|dflash). Default: default:dspark,default:dflash. "
+                        "Plain decoding is always added as the speedup baseline")
+    p.add_argument("--temperatures", default="0,1",
+                   help="comma list (default 0,1); a single --temperature overrides it")
+    _add_prompt_args(p)
+    p.add_argument("--sweep-threshold", nargs="?", const="default", default=None,
+                   metavar="T1,T2,…", help="static confidence-threshold sweep (Figure 5); "
+                                           "default thresholds 0.0,0.1,…,0.9")
+    p.add_argument("--json", type=Path, default=None, help="write every number here")
+    p.add_argument("--plots", type=Path, default=None, help="directory for PNG + HTML figures")
+    p.add_argument("--no-png", action="store_true", help="HTML figures only")
+    p.add_argument("--save-traces", type=Path, default=None,
+                   help="directory to write every trace (reusable by `calibrate --traces`)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    c = sub.add_parser("calibrate", help="fit Sequential Temperature Scaling for a drafter",
+                       description="Decode prompts with the drafter at fixed ℓ = γ (or read "
+                                   "traces), collect (c_k, realized prefix survival), fit STS on "
+                                   "the fitting prompts, report ECE/AUROC/Brier per position on "
+                                   "held-out prompts, and write calibration.json beside the "
+                                   "drafter.")
+    c.add_argument("--target", default="embedded")
+    c.add_argument("--drafter", default="default",
+                   help="drafter checkpoint directory (or 'default': the shipped one)")
+    c.add_argument("--gamma", type=int, default=7)
+    c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--top-k", type=int, default=0)
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--device", default=None)
+    _add_prompt_args(c)
+    c.add_argument("--traces", action="append", type=Path, default=None,
+                   help="trace files or directories to use instead of decoding (rounds recorded "
+                        "at fixed ℓ = γ); repeatable")
+    c.add_argument("--holdout", type=float, default=0.3,
+                   help="fraction of prompts (traces) held out for the report (default 0.3)")
+    c.add_argument("--bins", type=int, default=10, help="equal-width ECE bins (default 10)")
+    c.add_argument("--dry-run", action="store_true", help="do not write calibration.json")
+    c.add_argument("--json", type=Path, default=None, help="write the full report here")
+    c.add_argument("--plots", type=Path, default=None, help="directory for reliability diagrams")
+    c.add_argument("--no-png", action="store_true")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_calibrate)
+
+
+__all__ = ["register", "save_figures", "eval_figures"]

@@ -1,0 +1,383 @@
+"""Capacity curves SPS(B): engine steps per second at B tokens in one verify batch.
+
+Scope: the ``CapacityCurve`` value (frozen, JSON load/save with strict validation), three
+sources of curves — profiling the real target on the current device (``profile_target``),
+roofline presets for GPU serving (A100/H100/H200 × Qwen3-4B/8B/14B) and jagged presets with
+step-wise cliffs (CUDA-graph buckets, tile quantization) — and the lookup ``get_curve``.
+Not here: scheduling (``dspark_viz.decoding.scheduler``) or simulation (``.simulator``).
+
+Model of one step (roofline curves; times in ms; B = verify tokens, R = concurrent requests,
+C = context tokens per request):
+    t(B) = overhead + max( (weights + R·C·kv_bytes_per_token) / (bandwidth·mem_eff),
+                           B̂·(2·params + 4·layers·heads·head_dim·C) / (peak·flop_eff) )
+with B̂ = B rounded up to the compute tile and, for jagged curves, first padded up to the
+next CUDA-graph bucket. The KV-read term grows with context length and concurrency: a curve
+is tabulated for one (R, C) and ``for_load(R)`` / ``with_context(C)`` rebind it.
+Profiled curves are tables of measured step times, interpolated linearly in time (or as a
+step function for ``interp="step"``) and extrapolated linearly past the last point.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CAPACITY_FORMAT = "dspark-viz-capacity"
+CAPACITY_VERSION = 1
+MAX_CAPACITY_BYTES = 4 * 1024 * 1024
+KINDS = ("profiled", "roofline", "jagged", "table")
+
+
+class CapacityError(ValueError):
+    """A capacity curve is malformed or cannot be built; the message is one line."""
+
+
+# ----------------------------------------------------------------------------- hardware model
+@dataclass(frozen=True)
+class Roofline:
+    """Parameters of the analytic step-time model (see module docstring)."""
+
+    device: str
+    bandwidth_tbs: float  # HBM bandwidth, TB/s
+    peak_tflops: float  # dense bf16 peak, TFLOP/s
+    model: str
+    params_b: float  # parameters, billions
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    mem_eff: float = 0.8  # achievable fraction of the bandwidth
+    flop_eff: float = 0.8  # achievable fraction of the peak (0.8 × 989 ≈ 790 TFLOP/s on H100/H200)
+    bytes_per_param: float = 2.0  # bf16 weights
+    kv_bytes: float = 2.0  # bf16 KV cache
+    overhead_ms: float = 0.4  # launch, sampling, host work per step
+    tile: int = 1  # compute quantization (tokens); 1 = none
+    buckets: tuple[int, ...] = ()  # CUDA-graph batch buckets; B is padded up to the next one
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "buckets", tuple(int(b) for b in self.buckets))
+        for name in ("bandwidth_tbs", "peak_tflops", "params_b", "mem_eff", "flop_eff",
+                     "bytes_per_param", "kv_bytes"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise CapacityError(f"roofline.{name} must be a positive number, got {v!r}")
+        for name in ("layers", "heads", "kv_heads", "head_dim", "tile"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise CapacityError(f"roofline.{name} must be a positive integer, got {v!r}")
+        if not (math.isfinite(self.overhead_ms) and self.overhead_ms >= 0):
+            raise CapacityError(f"roofline.overhead_ms must be ≥ 0, got {self.overhead_ms!r}")
+        if self.mem_eff > 1 or self.flop_eff > 1:
+            raise CapacityError("roofline efficiencies must be in (0, 1]")
+        if any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
+            raise CapacityError("roofline.buckets must be strictly increasing positive integers")
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return 2.0 * self.layers * self.kv_heads * self.head_dim * self.kv_bytes
+
+    def padded(self, B: np.ndarray) -> np.ndarray:
+        """B [n] → tokens actually computed: next bucket (past the last: its multiples), then tile."""
+        B = np.asarray(B, dtype=np.float64)
+        if self.buckets:
+            bk = np.asarray(self.buckets, dtype=np.float64)
+            i = np.searchsorted(bk, B, side="left")
+            last = bk[-1]
+            over = np.ceil(B / last) * last
+            B = np.where(i < len(bk), bk[np.minimum(i, len(bk) - 1)], over)
+        return np.ceil(B / self.tile) * self.tile
+
+    def step_ms(self, B: np.ndarray, requests: int, context_len: int) -> np.ndarray:
+        Bp = self.padded(B)
+        mem = (self.params_b * 1e9 * self.bytes_per_param
+               + requests * context_len * self.kv_bytes_per_token)
+        t_mem = mem / (self.bandwidth_tbs * 1e12 * self.mem_eff) * 1e3
+        flops_tok = 2.0 * self.params_b * 1e9 + 4.0 * self.layers * self.heads * self.head_dim * context_len
+        t_cmp = Bp * flops_tok / (self.peak_tflops * 1e12 * self.flop_eff) * 1e3
+        return self.overhead_ms + np.maximum(t_mem, t_cmp)
+
+
+# ----------------------------------------------------------------------------- the curve
+@dataclass(frozen=True)
+class CapacityCurve:
+    """SPS(B) for B ≥ 1 verify tokens; a table of measured points or an analytic roofline."""
+
+    name: str
+    kind: str  # "profiled" | "roofline" | "jagged" | "table"
+    batch: tuple[int, ...] = ()  # B of the tabulated points (strictly increasing, ≥ 1)
+    step_ms: tuple[float, ...] = ()  # measured step time at each B (ms)
+    interp: str = "linear"  # tables: "linear" (in time) or "step" (pad up to the next point)
+    context_len: int = 0  # context tokens per request the curve is bound to
+    requests: int = 1  # concurrency R the KV term is bound to (roofline curves)
+    roofline: Roofline | None = None
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batch", tuple(self.batch))
+        object.__setattr__(self, "step_ms", tuple(float(x) for x in self.step_ms))
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise CapacityError("capacity curve needs a non-empty name")
+        if self.kind not in KINDS:
+            raise CapacityError(f"capacity kind must be one of {KINDS}, got {self.kind!r}")
+        if self.interp not in ("linear", "step"):
+            raise CapacityError(f"capacity interp must be 'linear' or 'step', got {self.interp!r}")
+        if len(self.batch) != len(self.step_ms):
+            raise CapacityError(f"capacity {self.name}: {len(self.batch)} batch sizes but "
+                                f"{len(self.step_ms)} step times")
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch):
+            raise CapacityError(f"capacity {self.name}: batch sizes must be integers ≥ 1")
+        if list(self.batch) != sorted(set(self.batch)):
+            raise CapacityError(f"capacity {self.name}: batch sizes must be strictly increasing")
+        if any(not (math.isfinite(t) and t > 0) for t in self.step_ms):
+            raise CapacityError(f"capacity {self.name}: step times must be finite and > 0 ms")
+        if self.roofline is None and not self.batch:
+            raise CapacityError(f"capacity {self.name}: a table curve needs at least one point")
+        if isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 1:
+            raise CapacityError(f"capacity {self.name}: requests must be an integer ≥ 1")
+        if isinstance(self.context_len, bool) or not isinstance(self.context_len, int) \
+                or self.context_len < 0:
+            raise CapacityError(f"capacity {self.name}: context_len must be an integer ≥ 0")
+
+    # ------------------------------------------------------------------ evaluation
+    def step_time_ms(self, B: np.ndarray | Sequence[int] | int) -> np.ndarray:
+        """Step time (ms) at verify batch B (array in, array out)."""
+        B = np.maximum(np.asarray(B, dtype=np.float64), 1.0)
+        if self.roofline is not None:
+            return self.roofline.step_ms(B, self.requests, self.context_len)
+        bx = np.asarray(self.batch, dtype=np.float64)
+        ty = np.asarray(self.step_ms, dtype=np.float64)
+        slope = (ty[-1] - ty[-2]) / (bx[-1] - bx[-2]) if len(bx) >= 2 else 0.0
+        slope = max(slope, 0.0)  # past the last point time never decreases
+        beyond = ty[-1] + slope * (B - bx[-1])
+        if self.interp == "step":
+            i = np.searchsorted(bx, B, side="left")
+            inside = ty[np.minimum(i, len(bx) - 1)]
+        else:
+            inside = np.interp(B, bx, ty)  # clamps below the first point
+        return np.where(B > bx[-1], beyond, inside)
+
+    def sps_many(self, B: np.ndarray | Sequence[int]) -> np.ndarray:
+        """SPS at each B [n] (steps per second)."""
+        return 1e3 / self.step_time_ms(B)
+
+    def sps(self, B: int) -> float:
+        """Engine steps per second with B tokens in the verify batch (B ≥ 1)."""
+        if B < 1:
+            raise CapacityError(f"SPS(B) needs B ≥ 1, got {B}")
+        return float(self.sps_many(np.array([B]))[0])
+
+    # ------------------------------------------------------------------ rebinding
+    def for_load(self, requests: int) -> "CapacityCurve":
+        """The same hardware with the KV-read term bound to R concurrent requests."""
+        if self.roofline is None or requests == self.requests:
+            return self
+        return dataclasses.replace(self, requests=max(1, int(requests)))
+
+    def with_context(self, context_len: int) -> "CapacityCurve":
+        if self.roofline is None or context_len == self.context_len:
+            return self
+        return dataclasses.replace(self, context_len=int(context_len))
+
+    @property
+    def label(self) -> str:
+        if self.roofline is not None:
+            return f"{self.name} (R={self.requests}, ctx={self.context_len})"
+        return self.name
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        return {"format": CAPACITY_FORMAT, "version": CAPACITY_VERSION, "name": self.name,
+                "kind": self.kind, "batch": list(self.batch), "step_ms": list(self.step_ms),
+                "interp": self.interp, "context_len": self.context_len,
+                "requests": self.requests,
+                "roofline": None if self.roofline is None else {
+                    **dataclasses.asdict(self.roofline), "buckets": list(self.roofline.buckets)},
+                "meta": dict(self.meta)}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_dict(cls, d: object, where: str = "capacity") -> "CapacityCurve":
+        if not isinstance(d, dict):
+            raise CapacityError(f"{where}: expected a JSON object")
+        if d.get("format") != CAPACITY_FORMAT:
+            raise CapacityError(f"{where}: not a capacity curve (format {d.get('format')!r})")
+        if d.get("version") != CAPACITY_VERSION:
+            raise CapacityError(f"{where}: version {d.get('version')!r} not supported")
+        known = {"format", "version", "name", "kind", "batch", "step_ms", "interp",
+                 "context_len", "requests", "roofline", "meta"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CapacityError(f"{where}: unknown field {unknown[0]!r}")
+        for k in ("name", "kind", "batch", "step_ms"):
+            if k not in d:
+                raise CapacityError(f"{where}: missing field {k!r}")
+        if not isinstance(d["batch"], list) or not isinstance(d["step_ms"], list):
+            raise CapacityError(f"{where}: batch and step_ms must be lists")
+        for x in d["step_ms"]:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise CapacityError(f"{where}: step_ms must hold numbers, got {x!r:.40}")
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise CapacityError(f"{where}: meta must be an object")
+        roof = d.get("roofline")
+        if roof is not None:
+            if not isinstance(roof, dict):
+                raise CapacityError(f"{where}: roofline must be an object or null")
+            names = {f.name for f in dataclasses.fields(Roofline)}
+            bad = sorted(set(roof) - names)
+            if bad:
+                raise CapacityError(f"{where}: unknown roofline field {bad[0]!r}")
+            try:
+                roof = Roofline(**{**roof, "buckets": tuple(roof.get("buckets", ()))})
+            except TypeError as e:
+                raise CapacityError(f"{where}: roofline: {e}") from None
+        try:
+            return cls(name=d["name"], kind=d["kind"], batch=tuple(d["batch"]),
+                       step_ms=tuple(d["step_ms"]), interp=d.get("interp", "linear"),
+                       context_len=d.get("context_len", 0), requests=d.get("requests", 1),
+                       roofline=roof, meta=meta)
+        except CapacityError as e:
+            raise CapacityError(f"{where}: {e}") from None
+        except TypeError as e:  # non-string name etc.
+            raise CapacityError(f"{where}: {e}") from None
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "CapacityCurve":
+        path = Path(path)
+        if not path.is_file():
+            raise CapacityError(f"capacity file {str(path)!r} does not exist")
+        if path.stat().st_size > MAX_CAPACITY_BYTES:
+            raise CapacityError(f"capacity file {path} is larger than {MAX_CAPACITY_BYTES >> 20} MiB")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CapacityError(f"capacity file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d, where=f"capacity file {path}")
+
+
+# ----------------------------------------------------------------------------- presets
+# Public spec-sheet figures (dense bf16, no sparsity) and Qwen3 model shapes.
+DEVICES = {
+    "a100": dict(device="A100-SXM-80GB", bandwidth_tbs=2.039, peak_tflops=312.0),
+    "h100": dict(device="H100-SXM", bandwidth_tbs=3.35, peak_tflops=989.0),
+    "h200": dict(device="H200-SXM", bandwidth_tbs=4.8, peak_tflops=989.0),
+}
+MODELS = {
+    "qwen3-4b": dict(model="Qwen3-4B", params_b=4.0, layers=36, heads=32, kv_heads=8, head_dim=128),
+    "qwen3-8b": dict(model="Qwen3-8B", params_b=8.2, layers=36, heads=32, kv_heads=8, head_dim=128),
+    "qwen3-14b": dict(model="Qwen3-14B", params_b=14.8, layers=40, heads=40, kv_heads=8, head_dim=128),
+}
+# CUDA-graph capture sizes of a typical serving engine (1, 2, 4, 8, then every 8 up to 256,
+# every 32 up to 512) and a 64-token GEMM tile: the step-wise cliffs of the jagged presets.
+GRAPH_BUCKETS = (1, 2, 4) + tuple(range(8, 257, 8)) + tuple(range(288, 513, 32))
+JAGGED_TILE = 64
+DEFAULT_CONTEXT = 2048
+
+
+def preset_names() -> list[str]:
+    out = []
+    for dv in DEVICES:
+        for m in MODELS:
+            out += [f"{dv}-{m}", f"{dv}-{m}-jagged"]
+    return out
+
+
+def get_curve(name: str, *, context_len: int = DEFAULT_CONTEXT, requests: int = 1) -> CapacityCurve:
+    """A roofline (``h200-qwen3-8b``) or jagged (``h200-qwen3-8b-jagged``) preset."""
+    key = name.strip().lower()
+    jagged = key.endswith("-jagged")
+    base = key[: -len("-jagged")] if jagged else key
+    dv, _, m = base.partition("-")
+    if dv not in DEVICES or m not in MODELS:
+        raise CapacityError(f"unknown capacity preset {name!r} (known: {', '.join(preset_names())})")
+    if context_len < 0 or requests < 1:
+        raise CapacityError("preset needs context_len ≥ 0 and requests ≥ 1")
+    extra = dict(tile=JAGGED_TILE, buckets=GRAPH_BUCKETS) if jagged else {}
+    roof = Roofline(**DEVICES[dv], **MODELS[m], **extra)
+    return CapacityCurve(name=key, kind="jagged" if jagged else "roofline",
+                         context_len=int(context_len), requests=int(requests), roofline=roof,
+                         meta={"source": "preset", "note": "analytic roofline; see module docstring"})
+
+
+def resolve_capacity(spec: "str | os.PathLike | CapacityCurve", **kw) -> CapacityCurve:
+    """A curve from a preset name, a JSON path, or a curve (returned as is)."""
+    if isinstance(spec, CapacityCurve):
+        return spec
+    s = str(spec)
+    if s.endswith(".json") or os.sep in s or Path(s).is_file():
+        return CapacityCurve.from_json(s)
+    return get_curve(s, **kw)
+
+
+# ----------------------------------------------------------------------------- profiling
+def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128,
+                   repeats: int = 3, warmup: int = 1, seed: int = 0, progress=None,
+                   name: str | None = None) -> CapacityCurve:
+    """Time one ``Target.forward`` of B tokens after a context of ``context_len`` tokens.
+
+    The context is prefilled once with random token ids; each measurement forwards B new
+    tokens and crops the cache back, so every pass sees the same context (the verify pass of
+    one request with B = ℓ + 1 tokens). The median of ``repeats`` timed passes is kept.
+    """
+    import torch
+
+    bs = sorted({int(b) for b in batch_sizes})
+    if not bs or bs[0] < 1:
+        raise CapacityError("profile needs batch sizes ≥ 1")
+    if repeats < 1 or warmup < 0 or context_len < 1:
+        raise CapacityError("profile needs repeats ≥ 1, warmup ≥ 0 and context_len ≥ 1")
+    if context_len + bs[-1] > target.max_context:
+        raise CapacityError(f"context {context_len} + B {bs[-1]} exceeds the target context "
+                            f"of {target.max_context} tokens")
+    g = torch.Generator().manual_seed(seed)
+    hi = max(5, min(target.vocab_size, 32000))
+    dev = target.device
+    sync = (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
+    ctx = torch.randint(4, hi, (1, context_len), generator=g).to(dev)
+    cache = target.new_cache()
+    target.forward(ctx, cache)
+    times = []
+    for i, B in enumerate(bs):
+        x = torch.randint(4, hi, (1, B), generator=g).to(dev)
+        samples = []
+        for rep in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
+            target.forward(x, cache)
+            sync()
+            dt = (time.perf_counter() - t0) * 1e3
+            target.crop(cache, context_len)
+            if rep >= warmup:
+                samples.append(dt)
+        times.append(float(np.median(samples)))
+        if progress is not None:
+            progress(i + 1, len(bs), B, times[-1])
+    dev_name = str(dev)
+    if dev.type == "cuda":
+        dev_name = f"cuda:{torch.cuda.get_device_name(dev)}"
+    meta = {"source": "profile", "device": dev_name, "model": target.name,
+            "context_len": context_len, "dtype": str(target.dtype).replace("torch.", ""),
+            "repeats": repeats, "statistic": "median step time of one forward of B tokens",
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch": torch.__version__}
+    return CapacityCurve(name=name or f"profile:{target.name}@{dev.type}", kind="profiled",
+                         batch=tuple(bs), step_ms=tuple(times), interp="linear",
+                         context_len=context_len, meta=meta)
+
+
+__all__ = ["CapacityCurve", "CapacityError", "Roofline", "get_curve", "preset_names",
+           "profile_target", "resolve_capacity", "DEFAULT_CONTEXT"]

@@ -1,0 +1,135 @@
+"""``dspark-viz profile`` and ``dspark-viz simulate``: capacity curves and load sweeps.
+
+Scope: argument parsing and printing over ``dspark_viz.load.capacity`` and
+``dspark_viz.load.simulator``; figures come from ``dspark_viz.viz.load_figures``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _ints(s: str) -> list[int]:
+    from dspark_viz.cli import CLIError
+    try:
+        v = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"expected comma-separated integers, got {s!r}") from None
+    if not v or min(v) < 1:
+        raise CLIError(f"expected positive integers, got {s!r}")
+    return v
+
+
+def _cmd_profile(a: argparse.Namespace) -> int:
+    from dspark_viz.cli import CLIError
+    from dspark_viz.load.capacity import get_curve, preset_names, profile_target
+    from dspark_viz.targets import load_target
+    if a.list_presets:
+        print("\n".join(preset_names()))
+        return 0
+    if a.preset:
+        curve = get_curve(a.preset, context_len=a.context_len)
+    else:
+        bs = _ints(a.batch_sizes)
+        target = load_target(a.target, device=a.device)
+
+        def prog(i, n, B, ms):
+            print(f"  [{i}/{n}] B={B:<5d} {ms:9.2f} ms/step  {1e3 / ms:9.1f} SPS", flush=True)
+
+        print(f"profiling {target.name} on {target.device}: context {a.context_len} tokens, "
+              f"median of {a.repeats} passes")
+        curve = profile_target(target, bs, context_len=a.context_len, repeats=a.repeats,
+                               progress=prog)
+    if a.out is None and not a.preset:
+        raise CLIError("--out is required to save a profile")
+    for B in (1, 4, 16, 64, 256, 1024):
+        print(f"SPS({B}) = {curve.sps(B):.2f}")
+    if a.out:
+        curve.to_json(a.out)
+        print(f"capacity curve written to {a.out}")
+    return 0
+
+
+def _cmd_simulate(a: argparse.Namespace) -> int:
+    from dspark_viz.cli import CLIError
+    from dspark_viz.decoding.policy import parse_policy
+    from dspark_viz.load.capacity import resolve_capacity
+    from dspark_viz.load.simulator import TracePool, sweep
+    pool = TracePool.from_paths(a.traces, calibrated=not a.no_calibration)
+    cap = resolve_capacity(a.capacity, context_len=a.context_len)
+    specs = [s.strip() for s in a.policies.split(",") if s.strip()]
+    if not specs:
+        raise CLIError("--policies is empty")
+    policies = [parse_policy(s, pool.gamma) for s in specs]
+    for p in policies:
+        if hasattr(p, "record_path"):
+            p.record_path = False
+    loads = _ints(a.loads)
+    print(f"pool: {pool.n_rounds} rounds from {len(pool.sequences)} traces (γ={pool.gamma}; "
+          f"{pool.censored} censored, {pool.dropped} dropped)   capacity: {cap.name}")
+    res = sweep(pool, policies, cap, loads, a.steps, seed=a.seed)
+    print(f"{'R':>5} {'policy':<24} {'tok/s':>11} {'tok/s/user':>11} {'budget ℓ':>9} "
+          f"{'τ':>6} {'acc.rate':>8} {'step ms':>8}")
+    for r in res:
+        print(f"{r.R:>5} {r.policy:<24} {r.throughput:>11.1f} {r.per_user:>11.2f} "
+              f"{r.budget:>9.2f} {r.tau:>6.2f} {r.acceptance_rate:>8.1%} {r.step_ms:>8.2f}")
+    print("(τ = accepted draft tokens + 1 target token per request per step; budget = mean ℓ; "
+          "acc.rate = accepted / verified draft tokens; times from the capacity model)")
+    if a.json:
+        a.json.write_text(json.dumps({"capacity": cap.to_dict(), "steps": a.steps,
+                                      "seed": a.seed, "pool_rounds": pool.n_rounds,
+                                      "results": [r.to_dict() for r in res]}, indent=1))
+        print(f"results written to {a.json}")
+    if a.figures:
+        from dspark_viz.viz.load_figures import frontier_figure, load_sweep_figure
+        a.figures.mkdir(parents=True, exist_ok=True)
+        load_sweep_figure(res).write_html(a.figures / "load_sweep.html", include_plotlyjs=True)
+        frontier_figure(res).write_html(a.figures / "frontier.html", include_plotlyjs=True)
+        print(f"figures written to {a.figures}/load_sweep.html, frontier.html")
+    return 0
+
+
+def _one_line(fn):
+    """Report capacity/simulation errors like every other bad input: one line, exit 2."""
+    def run(a: argparse.Namespace) -> int:
+        from dspark_viz.cli import CLIError
+        from dspark_viz.load.capacity import CapacityError
+        from dspark_viz.load.simulator import SimError
+        try:
+            return fn(a)
+        except (CapacityError, SimError) as e:
+            raise CLIError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+    return run
+
+
+def register(sub) -> None:
+    from dspark_viz.load.capacity import DEFAULT_CONTEXT
+    p = sub.add_parser("profile", help="measure SPS(B) of the target, or write a preset curve",
+                       description="Time one target forward of B tokens on this device for each "
+                                   "B and save the capacity curve SPS(B) as JSON.")
+    p.add_argument("--target", default="embedded")
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
+    p.add_argument("--context-len", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--preset", default=None, help="write this roofline/jagged preset instead")
+    p.add_argument("--list-presets", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=_one_line(_cmd_profile))
+
+    s = sub.add_parser("simulate", help="replay recorded rounds for R concurrent requests",
+                       description="Sweep the load R: per policy, aggregate throughput, per-user "
+                                   "speed and verify budget under a capacity curve.")
+    s.add_argument("--traces", nargs="+", required=True, help="trace JSON files or directories")
+    s.add_argument("--capacity", default="h200-qwen3-8b", help="preset name or curve JSON")
+    s.add_argument("--context-len", type=int, default=DEFAULT_CONTEXT,
+                   help="context per request for presets (KV-read term)")
+    s.add_argument("--policies", default="hardware,async,fixed,fixed:1")
+    s.add_argument("--loads", default="1,8,32,128,256")
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-calibration", action="store_true", help="use raw confidences")
+    s.add_argument("--json", type=Path, default=None)
+    s.add_argument("--figures", type=Path, default=None, help="directory for plotly HTML figures")
+    s.set_defaults(func=_one_line(_cmd_simulate))

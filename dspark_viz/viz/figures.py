@@ -1,0 +1,547 @@
+"""Figures of one decoding round and of a run so far: ``Trace`` → plotly figures (pure).
+
+Scope: the round panels of the app and notebooks — the draft block (backbone top candidates,
+Markov bias boosted/suppressed, corrected top candidates, where the Markov head changed the
+choice), confidence (raw and calibrated c_k, survival a_k, chosen ℓ), the scheduler's
+admission path Θ(B) (and the capacity curve SPS(B) with the operating point when a curve is
+given), verification per position (p_t, p_d, ratio, uniform draw, decision), τ per round and
+the metric table with definitions. Each function reads a trace (and a round index) and
+returns a new figure or HTML string; no model, no I/O, no Gradio. Figures are built from
+plain dicts and wrapped without plotly's per-property validation (it dominated the cost).
+Load-sweep figures live in ``viz.load_figures``; evaluation figures in ``viz.eval_figures``.
+"""
+from __future__ import annotations
+
+import html
+import math
+
+import plotly.graph_objects as go
+
+from dspark_viz.decoding.trace import TAU_CONVENTION, Round, Trace
+
+COLORS = {"accepted": "#2e7d32", "rejected": "#c62828", "dropped": "#9e9e9e",
+          "correction": "#ef6c00", "bonus": "#1565c0", "raw": "#90caf9", "cal": "#1565c0",
+          "p_t": "#6a1b9a", "p_d": "#00897b", "ratio": "#212121", "u": "#ef6c00"}
+
+
+# a compact white template (the named plotly templates would need validation to resolve)
+_AX = {"gridcolor": "#e6e6e6", "linecolor": "#9e9e9e", "zerolinecolor": "#bdbdbd",
+       "ticks": "outside", "tickcolor": "#9e9e9e", "automargin": True}
+TEMPLATE = {"layout": {"xaxis": _AX, "yaxis": _AX, "hoverlabel": {"align": "left"},
+                       "colorway": ["#1565c0", "#ef6c00", "#2e7d32", "#c62828", "#6a1b9a",
+                                    "#00897b", "#5d4037", "#546e7a"]}}
+
+
+# ----------------------------------------------------------------------------- helpers
+def plain_token(text: str, limit: int = 12) -> str:
+    """Token text for plotly labels: visible whitespace/controls, HTML-escaped, shortened."""
+    if text == "":
+        return "∅"
+    out = []
+    for ch in text:
+        if ch == " ":
+            out.append("·")
+        elif ch == "\n":
+            out.append("⏎")
+        elif ch == "\t":
+            out.append("→")
+        elif ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0:
+            out.append(f"0x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    s = "".join(out)
+    if len(s) > limit:
+        s = s[: limit - 1] + "…"
+    return html.escape(s)
+
+
+def _font(big: bool) -> dict:
+    return {"size": 20 if big else 13, "family": "system-ui, sans-serif", "color": "#212121"}
+
+
+def _layout(title: str, big: bool, height: int, **kw) -> dict:
+    lay = {"title": {"text": title, "x": 0.01, "xanchor": "left",
+                     "font": {"size": 22 if big else 15}},
+           "font": _font(big), "template": TEMPLATE, "height": int(height * (1.3 if big else 1)),
+           "margin": {"l": 60, "r": 30, "t": 80 if big else 70, "b": 150},
+           "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
+           "legend": {"orientation": "h", "y": -0.32, "yanchor": "top", "x": 0}}
+    lay.update(kw)
+    return lay
+
+
+def _fig(data: list[dict], layout: dict) -> go.Figure:
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    """Escape and break a long line at spaces with <br> (plotly does not wrap text)."""
+    lines, cur = [], ""
+    for w in text.split(" "):
+        if cur and len(cur) + 1 + len(w) > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    lines.append(cur)
+    return "<br>".join(html.escape(x) for x in lines)
+
+
+def _title2(main: str, detail: str) -> str:
+    """A short title with a smaller second line (readable in half-width panels)."""
+    return f"{main}<br><sup>{html.escape(detail)}</sup>" if detail else main
+
+
+def message_figure(title: str, text: str, *, big: bool = False, height: int = 260) -> go.Figure:
+    """An empty panel carrying one explanation (no data for this view)."""
+    lay = _layout(title, big, height, xaxis={"visible": False}, yaxis={"visible": False},
+                  annotations=[{"text": _wrap(text), "showarrow": False, "x": 0.5, "y": 0.5,
+                                "xref": "paper", "yref": "paper", "font": _font(big)}])
+    return _fig([], lay)
+
+
+def _round(trace: Trace, i: int) -> Round | None:
+    if not trace.rounds or i < 0:
+        return None
+    return trace.rounds[min(i, len(trace.rounds) - 1)]
+
+
+def position_fates(r: Round) -> list[str]:
+    """Per draft position k: accepted / rejected / unreached / dropped."""
+    out = []
+    for k in range(len(r.draft)):
+        if k < len(r.verify):
+            v = r.verify[k]
+            if v.accepted:
+                out.append("accepted")
+            elif k == r.n_accepted:
+                out.append("rejected")
+            else:
+                out.append("unreached")  # verified after the first rejection: discarded
+        else:
+            out.append("dropped")
+    return out
+
+
+_FATE_MARK = {"accepted": "✓", "rejected": "✗", "unreached": "·", "dropped": "–"}
+
+
+def markov_changed(r: Round) -> list[bool]:
+    """Per draft position: the Markov head changed the top-1 candidate (U_k vs U_k + B_k)."""
+    return [bool(d.base_topk and d.corrected_topk and d.boosted + d.suppressed
+                 and d.base_topk[0].token != d.corrected_topk[0].token) for d in r.draft]
+
+
+# ----------------------------------------------------------------------------- draft block
+def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
+                       n_bias: int = 3) -> go.Figure:
+    """Per draft position: backbone top candidates, Markov bias, corrected top candidates.
+
+    Three stacked heatmaps share the position axis; cell text is the candidate token and its
+    probability (T = 1) or bias. The sampled token x_k is circled in the corrected block;
+    ★ marks positions where the Markov head changed the top-1 choice; tick labels carry the
+    fate of x_k (✓ accepted, ✗ rejected, · discarded after a rejection, – dropped).
+    """
+    title = "Draft block"
+    r = _round(trace, i)
+    if r is None or not r.draft:
+        why = "plain decoding: the target alone, no draft" if (r is not None or trace.meta.mode == "ar") \
+            else "no round yet: press Step"
+        return message_figure(title, why, big=big)
+    g = len(r.draft)
+    fates, changed = position_fates(r), markov_changed(r)
+    has_bias = any(d.boosted or d.suppressed for d in r.draft)
+    xs = list(range(1, g + 1))
+    tick = [f"x{k} {_FATE_MARK[f]}" + (" ★" if c else "") for k, f, c in zip(xs, fates, changed)]
+
+    def top_grid(attr: str):
+        z, txt, hov = [], [], []
+        for rank in range(top):
+            zr, tr, hr = [], [], []
+            for d in r.draft:
+                cands = getattr(d, attr)
+                if rank < len(cands):
+                    c = cands[rank]
+                    zr.append(c.prob)
+                    tr.append(f"{plain_token(trace.token_text(c.token), 8)}<br>{c.prob:.0%}" if c.prob >= 0.005
+                              else f"{plain_token(trace.token_text(c.token), 8)}<br>&lt;1%")
+                    hr.append(f"x{d.k} rank {rank + 1}: {plain_token(trace.token_text(c.token), 30)} "
+                              f"(id {c.token}) p={c.prob:.4f} logit={c.logit:.2f}")
+                else:
+                    zr.append(None), tr.append(""), hr.append("")
+            z.append(zr), txt.append(tr), hov.append(hr)
+        return z, txt, hov
+
+    rows = [("base", "backbone U_k<br>top candidates")]
+    if has_bias:
+        rows.append(("bias", "Markov bias B_k<br>boosted ▲ / suppressed ▼"))
+    rows.append(("corr", "corrected U_k+B_k<br>(x_k drawn here)" if has_bias else "no Markov head:<br>x_k drawn from U_k"))
+    n = len(rows)
+    gap = 0.06
+    sizes = [2 * n_bias if kind == "bias" else top for kind, _ in rows]
+    unit = (1 - gap * (n - 1)) / sum(sizes)
+    data: list[dict] = []
+    lay = _layout(f"{title} — round {r.index} (γ={g}, ℓ={len(r.verify)}, accepted {r.n_accepted})",
+                  big, 160 + 38 * sum(sizes), showlegend=False)
+    lay["margin"]["l"] = 150 if not big else 200
+    for ri, (kind, label) in enumerate(rows):
+        ax = "" if ri == 0 else str(ri + 1)
+        y1 = 1 - sum(sizes[:ri]) * unit - ri * gap
+        y0 = y1 - sizes[ri] * unit
+        lay[f"yaxis{ax}"] = {"domain": [max(0.0, y0), y1], "autorange": "reversed", "showgrid": False,
+                             "title": {"text": label, "font": {"size": 16 if big else 12}},
+                             "tickvals": list(range(top if kind != "bias" else 2 * n_bias)),
+                             "ticktext": ([f"#{j + 1}" for j in range(top)] if kind != "bias" else
+                                          [f"▲{j + 1}" for j in range(n_bias)] +
+                                          [f"▼{j + 1}" for j in range(n_bias)])}
+        lay[f"xaxis{ax}"] = {"anchor": f"y{ax}", "tickvals": xs, "ticktext": tick,
+                             "showticklabels": ri == n - 1, "showgrid": False,
+                             "matches": "x" if ri else None}
+        if kind == "bias":
+            z, txt, hov = [], [], []
+            for j in range(2 * n_bias):
+                zr, tr, hr = [], [], []
+                for d in r.draft:
+                    src = d.boosted if j < n_bias else d.suppressed
+                    jj = j if j < n_bias else j - n_bias
+                    if jj < len(src):
+                        b = src[jj]
+                        zr.append(b.bias)
+                        tr.append(f"{plain_token(trace.token_text(b.token), 8)}<br>{b.bias:+.2f}")
+                        hr.append(f"x{d.k}: bias {b.bias:+.3f} on {plain_token(trace.token_text(b.token), 30)} (id {b.token})")
+                    else:
+                        zr.append(None), tr.append(""), hr.append("")
+                z.append(zr), txt.append(tr), hov.append(hr)
+            m = max([abs(v) for row in z for v in row if v is not None] or [1.0]) or 1.0
+            data.append({"type": "heatmap", "x": xs, "y": list(range(2 * n_bias)), "z": z,
+                         "text": txt, "texttemplate": "%{text}", "hovertext": hov,
+                         "hoverinfo": "text", "colorscale": [[0, "#c62828"], [0.5, "#ffffff"], [1, "#2e7d32"]], "zmin": -m, "zmax": m,
+                         "showscale": False, "xaxis": f"x{ax}", "yaxis": f"y{ax}",
+                         "xgap": 2, "ygap": 2, "textfont": {"size": 16 if big else 11}})
+            continue
+        z, txt, hov = top_grid("base_topk" if kind == "base" else "corrected_topk")
+        data.append({"type": "heatmap", "x": xs, "y": list(range(top)), "z": z, "text": txt,
+                     "texttemplate": "%{text}", "hovertext": hov, "hoverinfo": "text",
+                     "colorscale": [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], "zmin": 0, "zmax": 1, "showscale": False,
+                     "xaxis": f"x{ax}", "yaxis": f"y{ax}", "xgap": 2, "ygap": 2,
+                     "textfont": {"size": 16 if big else 11}})
+        if kind == "corr":  # circle the sampled token where it appears in the top list
+            mx, my, mc = [], [], []
+            for d, f in zip(r.draft, fates):
+                ranks = [c.token for c in d.corrected_topk[:top]]
+                if d.token in ranks:
+                    mx.append(d.k), my.append(ranks.index(d.token)), mc.append(COLORS.get(f, "#616161"))
+            data.append({"type": "scatter", "x": mx, "y": my, "mode": "markers",
+                         "marker": {"symbol": "square-open", "size": 44 if big else 34,
+                                    "color": mc, "line": {"width": 3}},
+                         "hoverinfo": "skip", "xaxis": f"x{ax}", "yaxis": f"y{ax}"})
+    lay["annotations"] = [{"text": "★ = Markov head changed the top-1 · box = sampled x_k "
+                                   "(green ✓ accepted, red ✗ rejected, grey dropped/discarded)",
+                           "showarrow": False, "xref": "paper", "yref": "paper", "x": 0,
+                           "y": -0.12 if not big else -0.14, "xanchor": "left",
+                           "font": {"size": 14 if big else 11, "color": "#424242"}}]
+    lay["margin"]["b"] = 80
+    return _fig(data, lay)
+
+
+# ----------------------------------------------------------------------------- confidence
+def confidence_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
+    """Raw and calibrated c_k (bars), survival a_k = Π c_i (lines), the chosen ℓ (shaded)."""
+    title = "Confidence"
+    r = _round(trace, i)
+    if r is None or not r.draft:
+        return message_figure(title, "no draft in this round" if r else "no round yet: press Step", big=big)
+    if all(d.conf_raw is None for d in r.draft):
+        return message_figure(title, "this drafter has no confidence head (c_k not available)", big=big)
+    xs = [d.k for d in r.draft]
+    ell = len(r.verify)
+    fates = position_fates(r)
+    data = [
+        {"type": "bar", "x": xs, "y": [d.conf_raw for d in r.draft], "name": "c_k raw",
+         "marker": {"color": COLORS["raw"]}, "hovertemplate": "c_%{x} raw = %{y:.3f}<extra></extra>"},
+        {"type": "bar", "x": xs, "y": [d.conf_cal for d in r.draft], "name": "c_k calibrated (STS)",
+         "marker": {"color": COLORS["cal"]}, "hovertemplate": "c_%{x} calibrated = %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "x": xs, "y": [d.a_raw for d in r.draft], "name": "a_k raw",
+         "mode": "lines+markers", "line": {"color": "#ef6c00", "dash": "dot"},
+         "hovertemplate": "a_%{x} raw = %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "x": xs, "y": [d.a_cal for d in r.draft], "name": "a_k = Π c_i (calibrated)",
+         "mode": "lines+markers", "line": {"color": "#d84315", "width": 3},
+         "hovertemplate": "a_%{x} = %{y:.3f}<extra></extra>"},
+        {"type": "scatter", "x": xs, "y": [1.08] * len(xs), "mode": "text", "showlegend": False,
+         "text": [_FATE_MARK[f] for f in fates], "hoverinfo": "skip",
+         "textfont": {"color": [COLORS.get(f, "#616161") for f in fates], "size": 20 if big else 15}},
+    ]
+    shapes = []
+    if ell > 0:
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": 0.5, "x1": ell + 0.5,
+                       "y0": 0, "y1": 1, "fillcolor": "rgba(46,125,50,0.08)", "line": {"width": 0},
+                       "layer": "below"})
+    shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": ell + 0.5, "x1": ell + 0.5,
+                   "y0": 0, "y1": 1, "line": {"color": "#2e7d32", "width": 2, "dash": "dash"}})
+    cal = "calibrated" if trace.meta.calibrated else "calibration off / not fitted (raw = calibrated)"
+    lay = _layout(_title2(f"{title} — round {r.index}: chosen ℓ = {ell}", cal), big, 400,
+                  barmode="group", shapes=shapes,
+                  xaxis={"title": {"text": "draft position k (✓ acc. ✗ rej. · – not kept)"},
+                         "tickvals": xs, "range": [0.4, len(xs) + 0.6]},
+                  yaxis={"title": {"text": "probability"}, "range": [0, 1.15]})
+    lay["annotations"] = [{"text": f"ℓ = {ell}", "x": ell + 0.5, "y": 1.0, "xref": "x",
+                           "yref": "paper", "showarrow": False,
+                           "xanchor": "left" if ell < len(xs) else "right",
+                           "font": {"color": "#2e7d32", "size": 16 if big else 12}}]
+    return _fig(data, lay)
+
+
+# ----------------------------------------------------------------------------- verification
+def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
+    """Per verified position: p_t(x_k), p_d(x_k), ratio min(1, p_t/p_d), uniform u, decision."""
+    title = "Verification"
+    r = _round(trace, i)
+    if r is None:
+        return message_figure(title, "no round yet: press Step", big=big)
+    if not r.verify:
+        tgt = trace.token_text(r.appended) if r.appended is not None else "—"
+        return message_figure(title, f"round {r.index}: ℓ = 0 verified; target token "
+                                     f"{plain_token(tgt, 20)} ({r.appended_kind})", big=big)
+    xs = [v.k for v in r.verify]
+    dec = []
+    for k, v in enumerate(r.verify):
+        if v.accepted:
+            dec.append("✓")
+        elif k == r.n_accepted:
+            dec.append("✗")
+        else:
+            dec.append("·")
+    greedy = all(v.uniform is None for v in r.verify)
+    data = [
+        {"type": "bar", "x": xs, "y": [v.p_t for v in r.verify], "name": "p_t(x_k) target",
+         "marker": {"color": COLORS["p_t"]}, "hovertemplate": "p_t = %{y:.4f}<extra></extra>"},
+        {"type": "bar", "x": xs, "y": [v.p_d for v in r.verify], "name": "p_d(x_k) drafter",
+         "marker": {"color": COLORS["p_d"]}, "hovertemplate": "p_d = %{y:.4f}<extra></extra>"},
+        {"type": "scatter", "x": xs, "y": [v.ratio for v in r.verify], "name": "ratio min(1, p_t/p_d)",
+         "mode": "lines+markers", "line": {"color": COLORS["ratio"]}, "marker": {"size": 9},
+         "hovertemplate": "ratio = %{y:.4f}<extra></extra>"},
+    ]
+    if not greedy:
+        ux = [v.k for v in r.verify if v.uniform is not None]
+        uy = [v.uniform for v in r.verify if v.uniform is not None]
+        data.append({"type": "scatter", "x": ux, "y": uy, "name": "uniform u (accept if u < ratio)",
+                     "mode": "markers", "marker": {"symbol": "diamond", "size": 12, "color": COLORS["u"]},
+                     "hovertemplate": "u = %{y:.4f}<extra></extra>"})
+    dcol = [COLORS["accepted"] if d.startswith("✓") else COLORS["rejected"] if d.startswith("✗")
+            else "#757575" for d in dec]
+    data.append({"type": "scatter", "x": xs, "y": [1.1] * len(xs), "mode": "text", "text": dec,
+                 "showlegend": False, "hoverinfo": "skip",
+                 "textfont": {"color": dcol, "size": 22 if big else 16}})
+    app_txt = plain_token(trace.token_text(r.appended), 16) if r.appended is not None else "—"
+    rule = ("T = 0: accept while x_k equals the target argmax" if greedy else
+            "accept x_k with probability min(1, p_t/p_d); first rejection → residual sample")
+    tick = [f"x{v.k}<br>{plain_token(trace.token_text(v.token), 8)}" for v in r.verify]
+    lay = _layout(_title2(f"{title} — round {r.index}: {r.n_accepted}/{len(r.verify)} accepted, τ = {r.tau}",
+                          f"then {r.appended_kind} '{app_txt}' · ✓ accepted ✗ rejected · not reached"),
+                  big, 400, barmode="group",
+                  xaxis={"tickvals": xs, "ticktext": tick, "range": [0.4, len(xs) + 0.6]},
+                  yaxis={"title": {"text": "probability"}, "range": [0, 1.2]})
+    lay["annotations"] = [{"text": _wrap(rule, 60), "showarrow": False, "xref": "paper", "yref": "paper",
+                           "x": 1, "y": 1.12, "xanchor": "right", "yanchor": "bottom",
+                           "font": {"size": 13 if big else 10, "color": "#424242"}}]
+    return _fig(data, lay)
+
+
+# ----------------------------------------------------------------------------- scheduler
+def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go.Figure:
+    """The admission path Θ = τ*·SPS(B) against batch tokens B, with the stopping point.
+
+    With ``sps`` (a callable B → steps/s, e.g. the capacity curve of ``dspark_viz.load``) a
+    second panel shows SPS(B) with the operating point (the final verify batch).
+    """
+    title = "Scheduler"
+    r = _round(trace, i)
+    if r is None or r.schedule is None:
+        return message_figure(title, "no round yet: press Step", big=big)
+    s = r.schedule
+    head = _title2(f"{title} — round {r.index}: {s.policy}, R = {s.load}, ℓ = {s.ell}",
+                   f"stop: {s.stop[:70]}{' · lossless' if s.lossless else ' · NOT lossless'}")
+    if not s.path:
+        expl = {"fixed": "a fixed policy verifies ℓ = min(N, budget) with no admission search",
+                "threshold": "a static threshold stops at the first c_k (or a_k) below it",
+                "forced": "what-if: ℓ forced by the user",
+                "plain decoding": "plain decoding: no draft to schedule"}.get(s.stop, s.stop)
+        return message_figure(head, expl, big=big, height=300)
+    path = s.path
+    data: list[dict] = []
+    adm = [p for p in path if p.admitted]
+    rej = [p for p in path if not p.admitted]
+    data.append({"type": "scatter", "x": [p.B for p in path], "y": [p.theta for p in path],
+                 "mode": "lines", "line": {"color": "#90a4ae"}, "showlegend": False,
+                 "hoverinfo": "skip", "xaxis": "x", "yaxis": "y"})
+    data.append({"type": "scatter", "x": [p.B for p in adm], "y": [p.theta for p in adm],
+                 "mode": "markers", "name": "admitted (r, j)",
+                 "marker": {"color": [COLORS["accepted"] if p.r == r.request else "#81c784" for p in adm],
+                            "size": 9},
+                 "text": [f"r={p.r} j={p.j} a={p.a:.3f} τ*={p.tau:.2f}" for p in adm],
+                 "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.1f}<extra></extra>",
+                 "xaxis": "x", "yaxis": "y"})
+    if rej:
+        data.append({"type": "scatter", "x": [p.B for p in rej], "y": [p.theta for p in rej],
+                     "mode": "markers", "name": "first non-improvement (stop)",
+                     "marker": {"color": COLORS["rejected"], "symbol": "x", "size": 13},
+                     "text": [f"r={p.r} j={p.j} a={p.a:.3f} τ*={p.tau:.2f}" for p in rej],
+                     "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.1f}<extra></extra>",
+                     "xaxis": "x", "yaxis": "y"})
+    b_final = adm[-1].B if adm else s.load
+    lay = _layout(head, big, 380, xaxis={"title": {"text": "verify batch B (tokens)"},
+                                         "domain": [0, 0.55] if sps else [0, 1]},
+                  yaxis={"title": {"text": "Θ = τ*·SPS(B)  (tokens/s)"}})
+    if sps is not None:
+        lo = max(1, s.load)
+        hi = max(b_final + 1, max(p.B for p in path) + 1)
+        bs = list(range(max(1, lo // 2), int(hi * 1.5) + 2))
+        data.append({"type": "scatter", "x": bs, "y": [float(sps(b)) for b in bs], "mode": "lines",
+                     "name": "SPS(B) capacity", "line": {"color": "#1565c0"}, "xaxis": "x2", "yaxis": "y2"})
+        data.append({"type": "scatter", "x": [b_final], "y": [float(sps(b_final))], "mode": "markers",
+                     "name": "operating point", "marker": {"color": "#d84315", "size": 14},
+                     "xaxis": "x2", "yaxis": "y2"})
+        lay["xaxis2"] = {"domain": [0.68, 1], "anchor": "y2", "title": {"text": "B (tokens)"}}
+        lay["yaxis2"] = {"anchor": "x2", "title": {"text": f"SPS(B) steps/s — {s.capacity}"}}
+    return _fig(data, lay)
+
+
+# ----------------------------------------------------------------------------- run so far
+def tau_figure(trace: Trace, upto: int, *, big: bool = False, others: list[Trace] | None = None
+               ) -> go.Figure:
+    """τ per round (bars split into accepted drafts + 1 target token), running mean τ."""
+    title = "τ per round"
+    rounds = trace.rounds[:upto]
+    if not rounds:
+        return message_figure(title, "no round yet: press Step", big=big)
+    xs = [r.index for r in rounds]
+    acc = [min(r.n_accepted, len(r.committed)) for r in rounds]
+    tgt = [len(r.committed) - a for r, a in zip(rounds, acc)]
+    run, tot = [], 0
+    for j, r in enumerate(rounds):
+        tot += r.tau
+        run.append(tot / (j + 1))
+    data = [
+        {"type": "bar", "x": xs, "y": acc, "name": "accepted drafts", "marker": {"color": COLORS["accepted"]}},
+        {"type": "bar", "x": xs, "y": tgt, "name": "+1 target token", "marker": {"color": COLORS["correction"]}},
+        {"type": "scatter", "x": xs, "y": run, "name": "mean τ so far", "mode": "lines",
+         "line": {"color": "#212121", "width": 3}},
+        {"type": "scatter", "x": xs, "y": [len(r.verify) for r in rounds], "name": "ℓ verified",
+         "mode": "markers", "marker": {"symbol": "line-ew-open", "size": 16, "color": "#1565c0"}},
+    ]
+    lay = _layout(_title2(f"{title}: mean {run[-1]:.2f} over {len(rounds)} rounds", "τ = accepted drafts + 1 target token"), big, 360,
+                  barmode="stack", xaxis={"title": {"text": "round"}},
+                  yaxis={"title": {"text": "tokens committed"}, "rangemode": "tozero"})
+    return _fig(data, lay)
+
+
+def position_figure(trace: Trace, upto: int, *, big: bool = False) -> go.Figure:
+    """Per-position cumulative survival and conditional acceptance over the rounds so far.
+
+    The counts come from ``dspark_viz.eval.metrics.position_stats`` (definitions there).
+    """
+    from dspark_viz.eval.metrics import DEFINITIONS, position_stats
+    title = "Per-position acceptance"
+    rounds = [r for r in trace.rounds[:upto] if r.draft]
+    if not rounds:
+        return message_figure(title, "no drafted round yet", big=big)
+    g = trace.meta.gamma
+    ps = position_stats(rounds, g)
+    xs = list(range(1, g + 1))
+    data = [
+        {"type": "scatter", "x": xs, "y": ps["cumulative_survival"], "mode": "lines+markers",
+         "name": "cumulative survival (≥ k accepted / verified ≥ k)", "line": {"color": "#1565c0"},
+         "customdata": ps["verified"], "hovertemplate": "k=%{x}: %{y:.3f} (n=%{customdata})<extra></extra>"},
+        {"type": "scatter", "x": xs, "y": ps["conditional_acceptance"], "mode": "lines+markers",
+         "name": "conditional acceptance (given first k−1 accepted)", "line": {"color": "#ef6c00"},
+         "customdata": ps["reached"], "hovertemplate": "k=%{x}: %{y:.3f} (n=%{customdata})<extra></extra>"},
+    ]
+    lay = _layout(f"{title} over {len(rounds)} rounds", big, 340,
+                  xaxis={"title": {"text": "draft position k"}, "tickvals": xs},
+                  yaxis={"title": {"text": "rate"}, "range": [0, 1.05]})
+    lay["annotations"] = [{"text": html.escape(DEFINITIONS["conditional_acceptance"][:90]) + "…",
+                           "showarrow": False, "xref": "paper", "yref": "paper", "x": 0, "y": 1.0,
+                           "xanchor": "left", "yanchor": "bottom",
+                           "font": {"size": 13 if big else 10, "color": "#424242"}}]
+    return _fig(data, lay)
+
+
+def run_stats(trace: Trace, upto: int | None = None) -> dict:
+    """Counts and rates over the first ``upto`` rounds (the app's running metrics)."""
+    rounds = trace.rounds[:upto]
+    n = len(rounds)
+    verified = sum(len(r.verify) for r in rounds)
+    accepted = sum(r.n_accepted for r in rounds)
+    tokens = sum(len(r.committed) for r in rounds)
+    ms = sum(r.timings.total_ms for r in rounds)
+    return {"rounds": n, "tokens": tokens, "verified": verified, "accepted": accepted,
+            "tau": tokens / n if n else float("nan"),
+            "acceptance": accepted / verified if verified else float("nan"),
+            "tokens_per_forward": tokens / n if n else float("nan"),
+            "ms": ms, "tokens_per_s": tokens / (ms / 1e3) if ms > 0 else float("nan"),
+            "draft_ms": sum(r.timings.draft_ms + r.timings.markov_ms for r in rounds),
+            "verify_ms": sum(r.timings.verify_ms for r in rounds)}
+
+
+def _fmt(x: float, spec: str) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+METRIC_DEFS = {
+    "τ": "tokens committed per round = accepted draft tokens + 1 target token (correction or bonus); "
+         "τ ∈ [1, ℓ+1]",
+    "acceptance rate": "accepted draft tokens / verified draft tokens",
+    "tokens / target pass": "tokens committed per target forward (plain decoding: 1)",
+    "tokens/s": "committed tokens / wall time of the rounds (draft + schedule + verify)",
+    "speedup": "tokens/s of this lane / tokens/s of plain decoding, measured in the same run",
+}
+
+
+def metrics_html(lanes: list[tuple[str, Trace, int]], *, big: bool = False) -> str:
+    """A table of running metrics per lane (name, trace, rounds shown) with definitions.
+
+    The speedup column appears when a lane named ``plain`` (plain target decoding) is present.
+    """
+    stats = [(name, run_stats(tr, upto)) for name, tr, upto in lanes]
+    base = next((s for n, s in stats if n == "plain"), None)
+    fs = "18px" if big else "13px"
+    head = ["lane", "rounds", "tokens", "τ (mean)", "acceptance rate", "tokens / target pass",
+            "tokens/s", "draft ms", "verify ms"] + (["speedup vs plain"] if base else [])
+    rows = []
+    for name, s in stats:
+        cells = [html.escape(name), str(s["rounds"]), str(s["tokens"]), _fmt(s["tau"], ".2f"),
+                 _fmt(s["acceptance"], ".1%"), _fmt(s["tokens_per_forward"], ".2f"),
+                 _fmt(s["tokens_per_s"], ".1f"), _fmt(s["draft_ms"], ".0f"), _fmt(s["verify_ms"], ".0f")]
+        if base:
+            sp = (s["tokens_per_s"] / base["tokens_per_s"]
+                  if base["tokens_per_s"] and not math.isnan(base["tokens_per_s"]) else float("nan"))
+            cells.append(_fmt(sp, ".2f") + ("×" if not math.isnan(sp) else ""))
+        rows.append("".join(f"<td>{c}</td>" for c in cells))
+    defs = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in METRIC_DEFS.items())
+    return (f'<div class="dsv-metrics" style="font-size:{fs};color:#212121;background:#fff;padding:6px">'
+            '<table style="border-collapse:collapse;width:100%">'
+            "<tr>" + "".join(f'<th style="text-align:left;border-bottom:1px solid #bbb;padding:2px 6px">'
+                             f"{html.escape(h)}</th>" for h in head) + "</tr>"
+            + "".join(f"<tr>{r}</tr>" for r in rows) + "</table>"
+            f'<ul style="margin:6px 0 0 0;padding-left:18px;color:#424242">{defs}</ul>'
+            f'<div style="color:#616161">{html.escape(TAU_CONVENTION)}</div></div>')
+
+
+def round_summary_html(trace: Trace, i: int) -> str:
+    """One line about round i: anchor, ℓ, accepted, appended token and timings."""
+    r = _round(trace, i)
+    if r is None:
+        return "<div>no round yet</div>"
+    t = r.timings
+    anchor = plain_token(trace.token_text(r.anchor), 20)
+    app = plain_token(trace.token_text(r.appended), 20) if r.appended is not None else "—"
+    return (f"<div>round <b>{r.index}</b> · anchor x0 = '<code>{anchor}</code>' · drafted {len(r.draft)} · "
+            f"verified ℓ = {len(r.verify)} · accepted {r.n_accepted} · then {html.escape(r.appended_kind)} "
+            f"'<code>{app}</code>' · τ = {r.tau} · dropped {len(r.dropped)} · "
+            f"draft {t.draft_ms:.0f} ms + Markov {t.markov_ms:.0f} ms + schedule {t.schedule_ms:.1f} ms "
+            f"+ verify {t.verify_ms:.0f} ms = {t.total_ms:.0f} ms</div>")
+
+
+__all__ = ["plain_token", "message_figure", "position_fates", "markov_changed",
+           "draft_block_figure", "confidence_figure", "verify_figure", "admission_figure",
+           "tau_figure", "position_figure", "run_stats", "metrics_html", "round_summary_html", "METRIC_DEFS"]

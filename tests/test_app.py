@@ -1,0 +1,210 @@
+"""The Gradio app driven through ``gradio_client`` on tiny models (and one slow embedded check)."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import make_drafter
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import app as appmod  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
+
+from dspark_viz.config import DecodeConfig  # noqa: E402
+from dspark_viz.decoding.engine import SpecSession  # noqa: E402
+from dspark_viz.decoding.policy import parse_policy  # noqa: E402
+from dspark_viz.decoding.trace import Trace  # noqa: E402
+
+DEFAULTS = dict(source="live model", prompt="def f(x):", target_spec=None, drafter_spec="default",
+                trace_file=None, gamma=7, temperature=0.0, seed=0, max_tokens=24,
+                policy="threshold:0.5", load=1, capacity=appmod.NO_CURVE, calibration=True,
+                markov_off=False, force_ell="off", compare=False, big=False)
+ORDER = list(DEFAULTS)
+
+
+def start_args(target, **kw):
+    d = dict(DEFAULTS, **{"target_spec": target.name, **kw})
+    return [d[k] for k in ORDER]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_qwen):
+    drafter = make_drafter(tiny_qwen)
+    demo = appmod.build_app(tiny_qwen, drafter, drafter_label="untrained (random, test)")
+    _, url, _ = appmod.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    yield url, tiny_qwen, drafter
+    demo.close()
+
+
+def _round_of(status: str) -> tuple[int, int]:
+    m = re.search(r"round (\d+)/(\d+)", status)
+    assert m, status
+    return int(m.group(1)), int(m.group(2))
+
+
+def _solo(target, drafter, n_rounds, **kw):
+    d = dict(DEFAULTS, **kw)
+    cfg = DecodeConfig(gamma=d["gamma"], temperature=d["temperature"], seed=d["seed"],
+                       max_new_tokens=d["max_tokens"])
+    s = SpecSession(target, drafter, cfg, policy=parse_policy(d["policy"], cfg.gamma))
+    s.prefill(d["prompt"])
+    for _ in range(n_rounds):
+        s.step()
+    return s.trace()
+
+
+def test_start_step_back_seek_export(served):
+    url, target, drafter = served
+    c = Client(url, verbose=False)
+    out = c.predict(*start_args(target), api_name="/start")
+    assert _round_of(out[0]) == (0, 0)
+    assert "untrained" in out[0]  # the untrained drafter is labelled on the page
+    seen = []
+    for k in range(1, 4):
+        out = c.predict(False, api_name="/step")
+        assert _round_of(out[0]) == (k, k)
+        seen.append((out[2], out[4]["plot"], out[7]["plot"]))  # text, draft block, verification
+    for a, b in zip(seen, seen[1:]):
+        assert a[0] != b[0] and a[1] != b[1]  # text and draft panel change every round
+    back = c.predict(False, api_name="/back")
+    assert _round_of(back[0]) == (2, 3) and back[2] == seen[1][0] and back[4]["plot"] == seen[1][1]
+    fwd = c.predict(False, api_name="/step")  # replays the recorded round, no recompute
+    assert fwd[2] == seen[2][0]
+    c.predict(0, False, api_name="/seek")
+    files = c.predict(api_name="/export_trace")
+    tr = Trace.load(files[0])
+    assert len(tr.rounds) == 3
+    solo = _solo(target, drafter, 3)
+    assert [r.committed for r in tr.rounds] == [r.committed for r in solo.rounds]
+    zips = c.predict(api_name="/export_figures")
+    import zipfile
+    names = zipfile.ZipFile(zips[0]).namelist()
+    assert {"draft_block.html", "verification.html", "plotly.min.js", "text.html"} <= set(names)
+
+
+def test_compare_mode_lanes_and_speedup(served):
+    url, target, _ = served
+    c = Client(url, verbose=False)
+    c.predict(*start_args(target, compare=True, policy="fixed"), api_name="/start")
+    out = c.predict(False, api_name="/step")
+    out = c.predict(False, api_name="/step")
+    metrics, lanes = out[10], out[11]
+    assert "speedup vs plain" in metrics and "dflash" in metrics and "plain" in metrics
+    assert "DFlash ablation" in lanes and "plain target decoding" in lanes
+    files = c.predict(api_name="/export_trace")
+    modes = sorted(Trace.load(f).meta.mode for f in files)
+    assert modes == ["ar", "dflash", "dspark"]
+    plain = next(Trace.load(f) for f in files if Trace.load(f).meta.mode == "ar")
+    assert [r.tau for r in plain.rounds] == [1, 1]
+
+
+def test_load_scheduler_and_load_view(served):
+    url, target, _ = served
+    c = Client(url, verbose=False)
+    out = c.predict(*start_args(target, policy="hardware", load=16, capacity="h200-qwen3-8b"),
+                    api_name="/start")
+    assert "R = 16" in out[0] and "replay" in out[0]
+    out = c.predict(False, api_name="/step")
+    sched = json.loads(out[6]["plot"])
+    assert "R = 16" in sched["layout"]["title"]["text"]
+    assert any(t.get("name") == "operating point" for t in sched["data"])
+    fig = json.loads(c.predict(7, "h200-qwen3-8b", 16, False, api_name="/load_view")["plot"])
+    names = {t.get("name") for t in fig["data"]}
+    assert {"fixed(1)", "fixed(7)", "hardware", "current R = 16"} <= names
+
+
+def test_replay_play_ticks_and_bad_files(served, tmp_path):
+    url, target, drafter = served
+    tr = _solo(target, drafter, 0, max_tokens=60)
+    s = SpecSession(target, drafter, DecodeConfig(max_new_tokens=60), policy=parse_policy("fixed", 7))
+    tr = s.run("hello")
+    path = tr.save(tmp_path / "t.json")
+    c = Client(url, verbose=False)
+    out = c.predict(*start_args(target, source="replay a trace file", trace_file=handle_file(str(path))),
+                    api_name="/start")
+    assert _round_of(out[0]) == (0, len(tr.rounds)) and "replay" in out[0]
+    c.predict(api_name="/play")
+    out = c.predict(4, False, api_name="/tick")  # 4 rounds/s × 0.5 s tick = 2 rounds
+    assert _round_of(out[0])[0] == 2
+    out = c.predict(120, False, api_name="/tick")
+    assert _round_of(out[0])[0] == len(tr.rounds)  # clamped at the end, playback stops
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1, "meta": 3}')
+    out = c.predict(*start_args(target, source="replay a trace file", trace_file=handle_file(str(bad))),
+                    api_name="/start")
+    assert "dsv-error" in out[0] and "trace" in out[0]
+    out = c.predict(False, api_name="/step")  # the previous session is intact
+    assert _round_of(out[0])[1] == len(tr.rounds)
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(prompt="   "), "prompt is empty"),
+    (dict(prompt="x" * (appmod.MAX_PROMPT_CHARS + 1)), "limit"),
+    (dict(temperature=5.0), "temperature"),
+    (dict(force_ell="9"), "forced ℓ"),
+    (dict(drafter_spec="/no/such/drafter"), "drafter"),
+    (dict(target_spec="/no/such/target"), "target"),
+])
+def test_bad_input_is_reported_and_server_keeps_serving(served, kw, needle):
+    url, target, _ = served
+    c = Client(url, verbose=False)
+    out = c.predict(*start_args(target, **kw), api_name="/start")
+    assert "dsv-error" in out[0] and needle in out[0]
+    out = c.predict(False, api_name="/step")
+    assert "press Start" in out[0]
+    ok = c.predict(*start_args(target), api_name="/start")
+    assert "dsv-error" not in ok[0]
+
+
+def test_eight_users_at_once_no_cross_talk(served):
+    url, target, drafter = served
+    n, steps = 8, 3
+    results, errors = {}, []
+    barrier = threading.Barrier(n)
+
+    def user(i):
+        try:
+            c = Client(url, verbose=False)
+            kw = dict(prompt=f"user {i}: ", temperature=1.0, seed=100 + i, policy="fixed:3")
+            c.predict(*start_args(target, **kw), api_name="/start")
+            barrier.wait(timeout=60)
+            for _ in range(steps):
+                c.predict(False, api_name="/step")
+            results[i] = (kw, Trace.load(c.predict(api_name="/export_trace")[0]))
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not errors and len(results) == n
+    for i, (kw, tr) in results.items():
+        assert tr.meta.prompt == kw["prompt"] and len(tr.rounds) == steps
+        solo = _solo(target, drafter, steps, **kw)
+        assert tr.output_ids() == solo.output_ids(), f"user {i} differs from a solo run"
+
+
+@pytest.mark.slow
+def test_embedded_default_labels_untrained_drafter(embedded_target):
+    from dspark_viz.drafter.registry import resolve_drafter
+    drafter, label = resolve_drafter("default", embedded_target)
+    demo = appmod.build_app(embedded_target, drafter, drafter_label=label)
+    _, url, _ = appmod.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        c = Client(url, verbose=False)
+        out = c.predict(*start_args(embedded_target, max_tokens=16), api_name="/start")
+        if "shipped" not in label:
+            assert "untrained" in out[0]
+        out = c.predict(False, api_name="/step")
+        assert _round_of(out[0]) == (1, 1) and json.loads(out[4]["plot"])["data"]
+    finally:
+        demo.close()
