@@ -1,0 +1,254 @@
+"""``dspark-viz prepare prompts | regenerate | cache | estimate`` — the data toolchain CLI.
+
+Scope: argument parsing and printing over ``prompts``, ``regenerate`` and ``cache``; library
+errors become one-line ``CLIError`` messages. ``--target`` also accepts ``tiny:qwen3`` and
+``tiny:gemma3`` (the tiny random targets of the tests) besides what ``load_target`` takes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dspark_viz.cli import CLIError
+
+
+def resolve_target(spec: str, device=None):
+    """``tiny:FAMILY[:SEED]`` → a tiny random target (vocab 320), else ``load_target``."""
+    if spec.startswith("tiny:"):
+        from dspark_viz.targets import tiny_target
+        parts = spec.split(":")
+        fam = parts[1]
+        seed = int(parts[2]) if len(parts) > 2 else (0 if fam == "qwen3" else 1)
+        try:
+            return tiny_target(family=fam, vocab_size=320, seed=seed)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+    from dspark_viz.targets import load_target
+    return load_target(spec, device=device)
+
+
+def parse_layer_ids(s: str | None) -> tuple[int, ...] | None:
+    if s is None:
+        return None
+    try:
+        return tuple(int(x) for x in s.split(",") if x.strip())
+    except ValueError:
+        raise CLIError(f"--layer-ids must be comma-separated integers, got {s!r}") from None
+
+
+def _wrap(fn):
+    """Run a handler, turning the data/training errors into one-line CLI errors."""
+    def run(a):
+        from dspark_viz.data.cache import CacheError
+        from dspark_viz.data.prompts import PromptError
+        from dspark_viz.data.regenerate import RegenError
+        from dspark_viz.train.trainer import TrainError
+        try:
+            return fn(a)
+        except (CacheError, PromptError, RegenError, TrainError) as e:
+            raise CLIError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
+    return run
+
+
+def _cmd_prompts(a) -> int:
+    from dspark_viz.data.prompts import prepare_prompts
+    counts = prepare_prompts(a.source, a.out, n=a.n, val_fraction=a.val_fraction, seed=a.seed)
+    print(f"wrote {counts['train']} train and {counts['val']} validation prompts to {a.out}/")
+    return 0
+
+
+def _cmd_regenerate(a) -> int:
+    from dspark_viz.data import regenerate as R
+    prompts = R.read_prompts(a.prompts)
+    if a.limit is not None:
+        prompts = prompts[: a.limit]
+    if a.server:
+        tok, name, family, eos_ids = _tokenizer_only(a.target)
+        tmpl = R.template_for(a.template, name, family)
+        enc_more = R._encoder(tok)[1]
+        end_ids = enc_more(tmpl.end) if tmpl.end else [eos_ids[0]]
+        backend = R.OpenAIBackend(a.server, model=a.server_model or a.target, encode_text=enc_more,
+                                  end_ids=end_ids, temperature=a.temperature, top_p=a.top_p,
+                                  concurrency=a.concurrency, retries=a.retries, timeout=a.timeout)
+    else:
+        target = resolve_target(a.target, a.device)
+        tok, name = target.tokenizer, target.name
+        tmpl = R.template_for(a.template, name, target.family)
+        backend = R.TransformersBackend(target, temperature=a.temperature, top_p=a.top_p,
+                                        top_k=a.top_k, seed=a.seed)
+    st = R.regenerate(prompts, a.out, backend=backend, tokenizer=tok, template=tmpl,
+                      target_name=name, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
+                      max_prompt_tokens=a.max_prompt_tokens, progress=not a.no_progress)
+    print(f"template {tmpl.name}: {st.samples} new samples ({st.skipped} already done or skipped), "
+          f"{st.generated_tokens} generated tokens in {st.seconds:.1f} s = {st.tokens_per_s:.1f} tok/s; "
+          f"{st.unfinished} hit --max-new-tokens")
+    return 0
+
+
+def _cmd_corpus(a) -> int:
+    from dspark_viz.data.corpus import corpus_samples, write_samples
+    from dspark_viz.data.prompts import read_jsonl
+    prompts = read_jsonl(a.prompts)
+    tok = _tokenizer_only(a.target)[0]
+    try:
+        ss = corpus_samples(prompts, tok.encode, max_tokens=a.max_tokens, min_tokens=a.min_tokens)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    n = write_samples(a.out, ss)
+    tokens = sum(len(s["input_ids"]) for s in ss)
+    print(f"wrote {n} corpus samples ({tokens} tokens, loss on all but the first token of each) "
+          f"from {len(prompts)} prompts to {a.out}")
+    return 0
+
+
+def _tokenizer_only(spec: str):
+    """(tokenizer adapter, name, family, eos ids) without loading weights (server mode)."""
+    from dspark_viz.targets import EMBEDDED_ALIASES, EMBEDDED_NAME, HFTokenizer, TargetError, cache_dir
+    if spec.startswith("tiny:"):
+        t = resolve_target(spec)
+        return t.tokenizer, t.name, t.family, t.eos_ids
+    from transformers import AutoConfig, AutoTokenizer
+    path = str(cache_dir() / "gemma3-270m") if spec in EMBEDDED_ALIASES else spec
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        mt = AutoConfig.from_pretrained(path).model_type
+    except OSError as e:
+        raise TargetError(f"cannot load the tokenizer of {spec!r}: {str(e).splitlines()[0]}") from None
+    name = EMBEDDED_NAME if spec in EMBEDDED_ALIASES else spec
+    return HFTokenizer(tok), name, "qwen3" if mt.startswith("qwen") else "gemma3", (tok.eos_token_id,)
+
+
+def _cmd_cache(a) -> int:
+    from dspark_viz.data.cache import write_cache, human_bytes
+    from dspark_viz.data.regenerate import read_samples
+    from dspark_viz.drafter.model import default_layer_ids
+    samples = read_samples(a.samples)
+    target = resolve_target(a.target, a.device)
+    layers = parse_layer_ids(a.layer_ids) or _preset_layers(a.target_preset, target) or \
+        default_layer_ids(target.num_layers, min(5, target.num_layers))
+    st = write_cache(samples, a.out, target, layer_ids=layers, dtype=a.dtype, max_len=a.max_len,
+                     shard_tokens=a.shard_tokens, progress=not a.no_progress,
+                     max_seconds=a.max_seconds)
+    bpt = st.bytes / st.tokens if st.tokens else 0
+    print(f"cache {a.out}: {st.samples} new samples ({st.resumed_samples} resumed), {st.tokens} tokens, "
+          f"{human_bytes(st.bytes)} written ({bpt:.0f} B/token) in {st.seconds:.1f} s; layers {list(layers)}; "
+          f"{st.truncated} truncated to --max-len"
+          + ("; stopped at --max-seconds (run again without it to add the rest)" if st.stopped_early else ""))
+    return 0
+
+
+def _preset_layers(preset: str, target):
+    from dspark_viz.train.trainer import TARGET_ALIASES, TARGET_PRESETS, target_preset_for
+    p = target_preset_for(target) if preset == "auto" else TARGET_ALIASES.get(preset, preset)
+    if p not in TARGET_PRESETS:
+        raise CLIError(f"unknown --target-preset {preset!r} ({', '.join(TARGET_PRESETS)})")
+    return TARGET_PRESETS[p]["layer_ids"]
+
+
+def _cmd_estimate(a) -> int:
+    from dspark_viz.data.cache import estimate, human_bytes
+    if a.samples:
+        from dspark_viz.data.regenerate import read_samples
+        s = read_samples(a.samples)
+        n = len(s) if a.num_samples is None else a.num_samples
+        tps = sum(min(len(x["input_ids"]), a.seq_len or 10 ** 9) for x in s) / max(1, len(s))
+    else:
+        if a.num_samples is None or a.seq_len is None:
+            raise CLIError("give --samples FILE, or --num-samples and --seq-len")
+        n, tps = a.num_samples, a.seq_len
+    if a.hidden_size is None or a.num_layers is None:
+        raise CLIError("--hidden-size and --num-layers are needed (e.g. 640 and 5 for the embedded target)")
+    e = estimate(num_samples=n, tokens_per_sample=tps, hidden_size=a.hidden_size,
+                 num_layers=a.num_layers, dtype=a.dtype, shard_bytes=a.shard_bytes)
+    if a.json:
+        print(json.dumps(e, indent=1))
+        return 0
+    print(f"samples {e['num_samples']:,} × {tps:,.0f} tokens = {e['tokens']:,} tokens; "
+          f"{e['bytes_per_token']:,} B/token ({a.dtype})")
+    for k, v in e["bytes_per_field"].items():
+        print(f"  {k:<5} {human_bytes(v):>12}")
+    print(f"total  {human_bytes(e['total_bytes'])} in ~{e['shards']} shard(s) of {human_bytes(a.shard_bytes)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prepare", help="prepare training data: prompts, regenerate, cache, estimate",
+                       description="The data toolchain: prompts → regenerated answers → target cache.")
+    ps = p.add_subparsers(dest="stage", required=True)
+
+    q = ps.add_parser("prompts", help="collect prompts and write a train/validation split",
+                      description="Read JSONL ({turns} / {conversations}), plain text, built-in "
+                                  "offline sources (builtin:stdlib, builtin:pydoc, builtin:arithmetic, "
+                                  "builtin:instructions) or hub:NAME datasets; dedupe; split.")
+    q.add_argument("--source", action="append", required=True,
+                   help="builtin:NAME, hub:NAME, or a .jsonl / text file (repeatable)")
+    q.add_argument("--n", type=int, default=100, help="prompts per built-in / hub source")
+    q.add_argument("--val-fraction", type=float, default=0.05)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and val.jsonl")
+    q.set_defaults(func=_wrap(_cmd_prompts))
+
+    r = ps.add_parser("regenerate", help="let the target answer the prompts (resumable)",
+                      description="Generate the target's own answers (transformers batched "
+                                  "generation, or an OpenAI-compatible server with --server).")
+    r.add_argument("--prompts", type=Path, required=True, help="prompts JSONL")
+    r.add_argument("--out", type=Path, required=True, help="output JSONL (appended; resumable)")
+    r.add_argument("--target", default="embedded", help="target (HF id, path, embedded, tiny:qwen3)")
+    r.add_argument("--template", default="auto",
+                   help="auto | raw (base models) | qwen3 (non-thinking) | qwen3-thinking | gemma")
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--max-prompt-tokens", type=int, default=2048)
+    r.add_argument("--batch-size", type=int, default=8)
+    r.add_argument("--temperature", type=float, default=0.7)
+    r.add_argument("--top-p", type=float, default=0.95)
+    r.add_argument("--top-k", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    r.add_argument("--server", default=None, help="OpenAI-compatible base URL, e.g. http://host:8000")
+    r.add_argument("--server-model", default=None, help="model name on the server (default --target)")
+    r.add_argument("--concurrency", type=int, default=16, help="requests in flight (server mode)")
+    r.add_argument("--retries", type=int, default=4)
+    r.add_argument("--timeout", type=float, default=300.0)
+    r.add_argument("--device", default=None)
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_wrap(_cmd_regenerate))
+
+    k = ps.add_parser("corpus", help="tokenise prompt texts as target-scored training samples",
+                      description="Turn prompt records (their raw text) into samples whose whole "
+                                  "text is the loss region — no generation; `prepare cache` then "
+                                  "scores them with one target pass each.")
+    k.add_argument("--prompts", type=Path, required=True, help="prompts JSONL (prepare prompts)")
+    k.add_argument("--out", type=Path, required=True, help="samples JSONL (overwritten)")
+    k.add_argument("--target", default="embedded", help="whose tokenizer (HF id, path, embedded, tiny:qwen3)")
+    k.add_argument("--max-tokens", type=int, default=512, help="window length; longer texts are split")
+    k.add_argument("--min-tokens", type=int, default=8, help="drop shorter windows")
+    k.set_defaults(func=_wrap(_cmd_corpus))
+
+    c = ps.add_parser("cache", help="compute the target cache (resumable, sharded)",
+                      description="Run the target over regenerated samples and store token ids, "
+                                  "loss mask, tapped hidden states and the final hidden state.")
+    c.add_argument("--samples", type=Path, required=True, help="regenerated JSONL")
+    c.add_argument("--out", type=Path, required=True, help="cache directory")
+    c.add_argument("--target", default="embedded")
+    c.add_argument("--layer-ids", default=None, help="comma-separated target layers (−1 = embeddings)")
+    c.add_argument("--target-preset", default="auto", help="take the layer ids of a training preset")
+    c.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    c.add_argument("--max-len", type=int, default=4096)
+    c.add_argument("--shard-tokens", type=int, default=65536)
+    c.add_argument("--max-seconds", type=float, default=None,
+                   help="start no new sample after this wall time; finalise what is written")
+    c.add_argument("--device", default=None)
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=_wrap(_cmd_cache))
+
+    e = ps.add_parser("estimate", help="print the bytes a cache will take (writes nothing)",
+                      description="Estimate cache size from a regenerated JSONL or from counts.")
+    e.add_argument("--samples", type=Path, default=None, help="regenerated JSONL (actual lengths)")
+    e.add_argument("--num-samples", type=int, default=None)
+    e.add_argument("--seq-len", type=int, default=None, help="tokens per sample (or the cap with --samples)")
+    e.add_argument("--hidden-size", type=int, default=None)
+    e.add_argument("--num-layers", type=int, default=None, help="number of tapped target layers")
+    e.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    e.add_argument("--shard-bytes", type=int, default=1 << 30)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=_wrap(_cmd_estimate))

@@ -1,0 +1,135 @@
+"""``dspark-viz train`` — train a DSpark (or DFlash-ablation) drafter; resumable, DDP-ready.
+
+Scope: argument parsing over ``trainer.train``; data from a target cache (``--cache``) or
+online (``--samples`` + ``--online``: the target runs on the fly). Launch on several
+processes with ``torchrun --nproc_per_node N -m dspark_viz.cli train ...`` (NCCL on GPU,
+gloo on CPU). Errors are one-line ``CLIError`` messages.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dspark_viz.cli import CLIError
+from dspark_viz.config import ConfigError
+from dspark_viz.data.commands import _wrap, parse_layer_ids, resolve_target
+
+# options whose default comes from the method / target preset when not given
+PRESET_FIELDS = ("batch_size", "micro_batch", "num_anchors", "lr", "chunk_rows")
+
+
+def _cmd_train(a) -> int:
+    import torch
+    from dspark_viz.data.cache import TargetCache
+    from dspark_viz.train import trainer as T
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if (a.cache is None) == (a.samples is None):
+        raise CLIError("give exactly one of --cache DIR or --samples FILE --online")
+    if a.samples is not None and not a.online:
+        raise CLIError("--samples trains online (the target runs on the fly); add --online")
+    d = T.init_distributed()
+    dev = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
+    target = resolve_target(a.target, dev)
+    kw = {k: getattr(a, k) for k in PRESET_FIELDS if getattr(a, k) is not None}
+    for k in ("alpha_ce", "alpha_tv", "alpha_conf", "gamma_w", "markov_type"):
+        if getattr(a, k) is not None:
+            kw[k] = getattr(a, k)
+    cfg = T.TrainConfig(method=a.method, target_preset=a.target_preset, steps=a.steps,
+                        block_size=a.block_size, warmup_ratio=a.warmup_ratio,
+                        min_lr_ratio=a.min_lr_ratio, weight_decay=a.weight_decay,
+                        grad_clip=a.grad_clip, loss_variant=a.loss_variant, seed=a.seed,
+                        log_every=a.log_every, ckpt_every=a.ckpt_every, keep_ckpts=a.keep_ckpts,
+                        max_len=a.max_len, **kw)
+    cfg = T.resolve_config(cfg, target)
+    layers = parse_layer_ids(a.layer_ids)
+    over = {"layer_ids": layers} if layers else {}
+    for k in ("draft_vocab_size", "markov_rank", "num_layers"):
+        if getattr(a, k) is not None:
+            over[k] = getattr(a, k)
+    try:
+        dcfg = T.drafter_config(cfg, target, **over)
+    except ConfigError as e:
+        raise CLIError(str(e)) from None
+    if a.cache is not None:
+        caches = [TargetCache(c, verify=not a.no_verify,
+                              expect={"target": target.name, "hidden_size": target.hidden_size,
+                                      "layer_ids": list(dcfg.target_layer_ids)}) for c in a.cache]
+        if dcfg.restricted and not all(c.has_lse for c in caches):
+            print("note: a cache without the full-vocabulary lse (version 1): the full LM head "
+                  "runs for every target position — rebuild it with `prepare cache` for speed")
+        source = T.CacheSource(caches[0]) if len(caches) == 1 else \
+            T.ConcatSource([T.CacheSource(c) for c in caches])
+    else:
+        from dspark_viz.data.regenerate import read_samples
+        source = T.OnlineSource(read_samples(a.samples), target, dcfg.target_layer_ids, cfg.max_len)
+    vocab = None
+    if a.draft_vocab is not None:
+        try:
+            vocab = [int(i) for i in json.loads(a.draft_vocab.read_text())]
+        except (OSError, ValueError, TypeError) as e:
+            raise CLIError(f"--draft-vocab {a.draft_vocab}: expected a JSON list of token ids ({e})") from None
+    try:
+        res = T.train(target, source, a.out, cfg, drafter_cfg=dcfg, dist_info=d,
+                      progress=not a.no_progress, draft_vocab=vocab)
+    except ValueError as e:  # e.g. a draft vocabulary of the wrong size
+        raise CLIError(str(e).splitlines()[0]) from None
+    if d.main:
+        last = res.history[-1] if res.history else {}
+        print(f"trained {cfg.method} drafter: steps {res.resumed_from}→{res.steps} in {res.seconds:.1f} s "
+              f"({res.blocks_per_s:.1f} anchor-blocks/s); drafter at {Path(a.out) / 'drafter'}")
+        if last:
+            keys = ["loss", "ce", "tv", "conf", "tau_prob"] + [f"accept@{k}" for k in range(1, 4)]
+            print("last: " + json.dumps({k: round(last[k], 4) for k in keys if k in last}))
+            print("(accept@k = mean 1 − ½‖p_d − p_t‖₁ at block position k; tau_prob = 1 + Σ_k Π_{i≤k} accept_i per block)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a DSpark / DFlash drafter (resumable, torchrun-ready)",
+                       description="Train a drafter from a target cache or online. Resumes from the "
+                                   "latest checkpoint in --out automatically.")
+    p.add_argument("--cache", type=Path, action="append", default=None,
+                   help="target cache directory (repeatable: caches written in parallel)")
+    p.add_argument("--samples", type=Path, default=None, help="regenerated JSONL (with --online)")
+    p.add_argument("--online", action="store_true", help="run the target on the fly (no cache)")
+    p.add_argument("--target", default="embedded", help="target (HF id, path, embedded, tiny:qwen3)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, drafter)")
+    p.add_argument("--method", default="dspark", choices=("dspark", "dflash"),
+                   help="dspark, or the dflash ablation (no Markov head, no confidence head, CE only)")
+    p.add_argument("--target-preset", default="auto",
+                   help="auto | qwen3-4b | qwen3-8b | qwen3-14b | gemma4-12b (gemma) | embedded | tiny")
+    p.add_argument("--layer-ids", default=None, help="override the tapped target layers")
+    p.add_argument("--markov-type", default=None, choices=("none", "vanilla", "gated", "rnn"))
+    p.add_argument("--num-layers", type=int, default=None, help="draft backbone layers (preset: 2)")
+    p.add_argument("--markov-rank", type=int, default=None, help="Markov head rank r")
+    p.add_argument("--draft-vocab-size", type=int, default=None,
+                   help="restricted draft vocabulary Vd (0 = whole target vocabulary); built "
+                        "from the training data's token frequencies unless --draft-vocab")
+    p.add_argument("--draft-vocab", type=Path, default=None, help="JSON list of target ids (size Vd)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step, all ranks")
+    p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward per rank")
+    p.add_argument("--num-anchors", type=int, default=None, help="anchors sampled per sequence")
+    p.add_argument("--block-size", type=int, default=7)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--warmup-ratio", type=float, default=0.04)
+    p.add_argument("--min-lr-ratio", type=float, default=0.0)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--loss-variant", default="deepspec", choices=("deepspec", "paper"),
+                   help="deepspec: γ_w = 4, weighted means; paper: γ_w = γ, per-block sums")
+    p.add_argument("--gamma-w", type=float, default=None)
+    p.add_argument("--alpha-ce", type=float, default=None)
+    p.add_argument("--alpha-tv", type=float, default=None)
+    p.add_argument("--alpha-conf", type=float, default=None)
+    p.add_argument("--chunk-rows", type=int, default=None, help="LM-head rows per chunk")
+    p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--keep-ckpts", type=int, default=2)
+    p.add_argument("--no-verify", action="store_true", help="skip the cache checksum pass")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_wrap(_cmd_train))

@@ -1,0 +1,340 @@
+"""Data toolchain: prompts, regeneration (local + OpenAI-compatible server), target cache."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from dspark_viz.data import cache as C
+from dspark_viz.data import prompts as P
+from dspark_viz.data import regenerate as R
+from dspark_viz.data import sources as S
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU is shared: intra-op threads > 1 spin and slow these small ops down a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------ prompts
+def test_builtin_sources_are_deterministic_and_nonempty():
+    for name in S.BUILTIN:
+        a, b = S.builtin(name, 6, seed=3), S.builtin(name, 6, seed=3)
+        assert len(a) == 6 and [p.id for p in a] == [p.id for p in b]
+        assert all(p.turns and p.turns[0].strip() and p.raw_text().strip() for p in a)
+    ar = S.arithmetic(20, seed=1)
+    assert all(p.reference is not None and int(p.reference) >= 0 for p in ar)
+    with pytest.raises(ValueError, match="unknown built-in"):
+        S.builtin("nope", 3)
+
+
+def test_split_is_deterministic_and_order_independent():
+    ps = S.instructions(60)
+    a = P.split(ps, 0.2, seed=5)
+    b = P.split(list(reversed(ps)), 0.2, seed=5)
+    assert {p.id for p in a["val"]} == {p.id for p in b["val"]}
+    assert 0 < len(a["val"]) < 30 and len(a["train"]) + len(a["val"]) == 60
+    c = P.split(ps, 0.2, seed=6)
+    assert {p.id for p in c["val"]} != {p.id for p in a["val"]}
+
+
+def test_read_deepspec_formats_and_text(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"turns": ["hi", "and then?"]}) + "\n\n" +
+                 json.dumps({"conversations": [{"role": "user", "content": "q1"},
+                                               {"role": "assistant", "content": "a1"},
+                                               {"role": "user", "content": "q2"}]}) + "\n" +
+                 json.dumps({"prompt": "p", "id": "x7"}) + "\n")
+    ps = P.read_jsonl(f)
+    assert [p.turns for p in ps] == [("hi", "and then?"), ("q1", "q2"), ("p",)]
+    assert ps[2].id == "x7"
+    t = tmp_path / "p.txt"
+    t.write_text("first para\nline two\n\n\nsecond\n")
+    assert [p.turns[0] for p in P.read_text(t)] == ["first para\nline two", "second"]
+    counts = P.prepare_prompts([str(f), str(t), "builtin:arithmetic"], tmp_path / "out", n=10,
+                               val_fraction=0.3, seed=0)
+    assert counts["train"] + counts["val"] == 15
+    assert len(P.read_jsonl(tmp_path / "out" / "train.jsonl")) == counts["train"]
+
+
+@pytest.mark.parametrize("line,msg", [
+    ('{"turns": ["ok"]}\n{"turns": [1, 2]}\n', r"p\.jsonl:2: 'turns' must be"),
+    ('{"turns": ["ok"]}\n\n{not json\n', r"p\.jsonl:3: malformed JSON"),
+    ('{"conversations": [{"role": "assistant", "content": "x"}]}\n', r"p\.jsonl:1: conversation has no user"),
+    ('[1, 2]\n', r"p\.jsonl:1: expected a JSON object"),
+])
+def test_bad_jsonl_lines_are_reported_with_line_numbers(tmp_path, line, msg):
+    f = tmp_path / "p.jsonl"
+    f.write_text(line)
+    with pytest.raises(P.PromptError, match=msg):
+        P.read_jsonl(f)
+
+
+def test_hub_source_fails_cleanly_offline():
+    with pytest.raises(P.PromptError, match="datasets|offline"):
+        P.load_source("hub:some/dataset", n=3)
+
+
+# ------------------------------------------------------------------------------ regenerate
+class FakeBackend:
+    """Answers every prompt with a fixed token run ending in EOS (1); counts calls."""
+
+    def __init__(self, n=5, finish=True):
+        self.n, self.finish, self.calls, self.prompts = n, finish, 0, []
+
+    def generate(self, prompts, max_new_tokens):
+        self.calls += 1
+        self.prompts.extend(prompts)
+        body = [100 + i for i in range(self.n)][:max_new_tokens]
+        return [((body + [1]) if self.finish else body, self.finish) for _ in prompts]
+
+
+def test_regenerate_multiturn_spans_and_resume(tmp_path, tiny_gemma):
+    tok = tiny_gemma.tokenizer
+    ps = [S.Prompt(id=f"p{i}", turns=("hello", "more please") if i % 2 else ("hi",), source="t")
+          for i in range(5)]
+    out = tmp_path / "regen.jsonl"
+    st = R.regenerate(ps[:3], out, backend=FakeBackend(), tokenizer=tok,
+                      template=R.TEMPLATES["gemma"], target_name="t", progress=False)
+    assert st.samples == 3
+    # a kill mid-write leaves a torn line: it is cut off, and finished ids are skipped
+    with out.open("a") as f:
+        f.write('{"id": "p3", "input_')
+    be = FakeBackend()
+    st = R.regenerate(ps, out, backend=be, tokenizer=tok, template=R.TEMPLATES["gemma"],
+                      target_name="t", progress=False)
+    assert st.samples == 2 and st.skipped == 3
+    recs = R.read_samples(out)
+    assert sorted(r["id"] for r in recs) == [f"p{i}" for i in range(5)]
+    for r in recs:
+        n_turns = 2 if int(r["id"][1]) % 2 else 1
+        assert len(r["loss_spans"]) == n_turns and r["finished"]
+        for s, e in r["loss_spans"]:
+            assert r["input_ids"][s:e] == [100, 101, 102, 103, 104, 1]
+        text = tok.decode(r["input_ids"])
+        assert text.startswith("<start_of_turn>user\n") and "<start_of_turn>model\n" in text
+        m = R.loss_mask_of(r)
+        assert sum(m) == 6 * n_turns
+    # the second turn's prompt contains the first generated answer
+    two = [p for p in be.prompts if tok.decode(p).count("<start_of_turn>user") == 2]
+    assert two and all(p.count(100) == 1 for p in two)
+
+
+def test_unfinished_answer_drops_later_turns(tmp_path, tiny_qwen):
+    ps = [S.Prompt(id="a", turns=("one", "two"), source="t")]
+    out = tmp_path / "r.jsonl"
+    st = R.regenerate(ps, out, backend=FakeBackend(finish=False), tokenizer=tiny_qwen.tokenizer,
+                      template=R.TEMPLATES["qwen3"], target_name="t", max_new_tokens=3,
+                      progress=False)
+    r = R.read_samples(out)[0]
+    assert st.unfinished == 1 and not r["finished"] and len(r["loss_spans"]) == 1
+    assert "<think>\n\n</think>" in tiny_qwen.tokenizer.decode(r["input_ids"])
+
+
+def test_transformers_backend_batched_equals_unbatched_greedy(tiny_gemma, tmp_path):
+    be = R.TransformersBackend(tiny_gemma, temperature=0.0)
+    ids = [tiny_gemma.encode(t) for t in ("a short one", "a considerably longer prompt here", "x")]
+    batched = be.generate(ids, 8)
+    single = [be.generate([i], 8)[0] for i in ids]
+    assert batched == single and all(len(g) == 8 for g, _ in batched)
+    st = R.regenerate(S.instructions(4), tmp_path / "o.jsonl", backend=R.TransformersBackend(
+        tiny_gemma, temperature=1.0, seed=1), tokenizer=tiny_gemma.tokenizer,
+        template=R.TEMPLATES["raw"], target_name=tiny_gemma.name, max_new_tokens=12, progress=False)
+    assert st.samples == 4 and st.generated_tokens > 0 and st.tokens_per_s > 0
+
+
+def test_malformed_output_line_blocks_resume(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
+    with pytest.raises(R.RegenError, match=r"r\.jsonl:2"):
+        R.completed_ids(out)
+
+
+class _Server:
+    """A fake OpenAI-compatible server: fails the first ``fail`` requests with HTTP 503."""
+
+    def __init__(self, fail=1, delay=0.05):
+        self.fail, self.delay, self.n, self.inflight, self.max_inflight = fail, delay, 0, 0, 0
+        lock = threading.Lock()
+        srv = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    srv.n += 1
+                    k = srv.n
+                    srv.inflight += 1
+                    srv.max_inflight = max(srv.max_inflight, srv.inflight)
+                time.sleep(srv.delay)
+                with lock:
+                    srv.inflight -= 1
+                if k <= srv.fail:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                text = "ok" * (1 + len(body["prompt"]) % 3)
+                data = json.dumps({"choices": [{"text": text, "finish_reason": "stop"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_openai_backend_bounded_concurrency_and_retries(tmp_path, tiny_qwen):
+    srv = _Server(fail=2)
+    try:
+        enc = R._encoder(tiny_qwen.tokenizer)[1]
+        be = R.OpenAIBackend(srv.url, model="m", encode_text=enc, end_ids=[1], concurrency=3,
+                             retries=3, backoff=0.01)
+        ps = S.instructions(10)
+        st = R.regenerate(ps, tmp_path / "o.jsonl", backend=be, tokenizer=tiny_qwen.tokenizer,
+                          template=R.TEMPLATES["raw"], target_name="t", batch_size=10, progress=False)
+        assert st.samples == 10 and srv.max_inflight <= 3 and srv.max_inflight >= 2
+        assert srv.n == 12  # two failures retried
+        for r in R.read_samples(tmp_path / "o.jsonl"):
+            (s, e), = r["loss_spans"]
+            assert r["input_ids"][e - 1] == 1 and tiny_qwen.tokenizer.decode(r["input_ids"][s:e]).startswith("ok")
+        bad = R.OpenAIBackend(srv.url, model="m", encode_text=enc, end_ids=[1], retries=1, backoff=0.01)
+        srv.fail, srv.n = 10 ** 6, 0
+        with pytest.raises(R.RegenError, match="failed after 2 attempts"):
+            bad.generate([[5, 6]], 4)
+    finally:
+        srv.close()
+
+
+# ------------------------------------------------------------------------------ cache
+def _samples(target, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        T = int(torch.randint(20, 60, (1,), generator=g))
+        ids = torch.randint(4, 260, (T,), generator=g).tolist()
+        p = int(torch.randint(3, 10, (1,), generator=g))
+        out.append({"id": f"s{i}", "input_ids": ids, "loss_spans": [[p, T]]})
+    return out
+
+
+def test_cache_roundtrip_matches_target(tmp_path, tiny_gemma):
+    t = tiny_gemma
+    ss = _samples(t)
+    st = C.write_cache(ss, tmp_path / "c", t, layer_ids=(-1, 0), dtype="fp32", shard_tokens=100,
+                       progress=False)
+    assert st.samples == 6 and st.tokens == sum(len(s["input_ids"]) for s in ss)
+    c = C.TargetCache(tmp_path / "c")
+    assert len(c) == 6 and len(c.manifest["shards"]) >= 2
+    est = C.estimate(num_samples=6, tokens_per_sample=st.tokens / 6, hidden_size=t.hidden_size,
+                     num_layers=2, dtype="fp32")
+    assert abs(est["bytes_per_token"] - st.bytes / st.tokens) / est["bytes_per_token"] < 0.1
+    for i, s in enumerate(ss):
+        it = c[i]
+        assert it.id == s["id"] and it.ids.tolist() == s["input_ids"]
+        assert it.loss_mask.tolist() == R.loss_mask_of(s)
+        out = t.forward(torch.tensor([s["input_ids"]]), None, (-1, 0))
+        torch.testing.assert_close(it.taps, out.taps[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(t.logits(it.last), out.logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_cache_bf16_is_close(tmp_path, tiny_qwen):
+    ss = _samples(tiny_qwen, 2)
+    C.write_cache(ss, tmp_path / "c", tiny_qwen, layer_ids=(0,), dtype="bf16", progress=False)
+    it = C.TargetCache(tmp_path / "c")[1]
+    out = tiny_qwen.forward(torch.tensor([ss[1]["input_ids"]]), None, (0,))
+    torch.testing.assert_close(it.taps, out.taps[0], rtol=1e-2, atol=1e-2)
+
+
+def test_cache_refuses_corrupt_and_mismatched(tmp_path, tiny_qwen):
+    d = tmp_path / "c"
+    C.write_cache(_samples(tiny_qwen, 4), d, tiny_qwen, layer_ids=(0, 1), progress=False,
+                  shard_tokens=80)
+    with pytest.raises(C.CacheError, match="layer_ids"):
+        C.TargetCache(d, expect={"layer_ids": [0]})
+    with pytest.raises(C.CacheError, match="target"):
+        C.TargetCache(d, expect={"target": "other"})
+    taps = sorted(d.glob("shard-*.taps.npy"))[0]
+    raw = bytearray(taps.read_bytes())
+    raw[-3] ^= 0xFF
+    taps.write_bytes(bytes(raw))
+    with pytest.raises(C.CacheError, match="checksum"):
+        C.TargetCache(d)
+    C.TargetCache(d, verify=False)  # sizes still fine without the checksum pass
+    taps.write_bytes(bytes(raw[:-10]))
+    with pytest.raises(C.CacheError, match="bytes"):
+        C.TargetCache(d, verify=False)
+    man = json.loads((d / "manifest.json").read_text())
+    man["version"] = 99
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(C.CacheError, match="version"):
+        C.TargetCache(d)
+    (d / "manifest.json").unlink()
+    with pytest.raises(C.CacheError, match="incomplete"):
+        C.TargetCache(d)
+    # another layer set in the same directory is refused by the writer
+    with pytest.raises(C.CacheError, match="layer_ids"):
+        C.write_cache(_samples(tiny_qwen, 4), d, tiny_qwen, layer_ids=(1,), progress=False)
+
+
+def test_cache_writer_resumes_after_crash(tmp_path, tiny_qwen, monkeypatch):
+    ss = _samples(tiny_qwen, 8, seed=3)
+    d = tmp_path / "c"
+    calls = {"n": 0}
+    real = C.compute_item
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt  # killed mid-run
+        return real(*a, **k)
+
+    monkeypatch.setattr(C, "compute_item", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        C.write_cache(ss, d, tiny_qwen, layer_ids=(0,), shard_tokens=60, progress=False)
+    assert not (d / "manifest.json").exists()
+    n_shards = len(list(d.glob("shard-*.json")))
+    assert n_shards >= 1
+    (d / "shard-00099.ids.npy").write_bytes(b"partial")  # a half-written leftover
+    monkeypatch.setattr(C, "compute_item", real)
+    st = C.write_cache(ss, d, tiny_qwen, layer_ids=(0,), shard_tokens=60, progress=False)
+    assert st.resumed_samples > 0 and st.resumed_samples + st.samples == 8
+    assert not (d / "shard-00099.ids.npy").exists()
+    fresh = tmp_path / "f"
+    C.write_cache(ss, fresh, tiny_qwen, layer_ids=(0,), shard_tokens=60, progress=False)
+    a, b = C.TargetCache(d), C.TargetCache(fresh)
+    ia = {a[i].id: a[i] for i in range(len(a))}
+    for i in range(len(b)):
+        x = b[i]
+        assert torch.equal(ia[x.id].taps, x.taps) and torch.equal(ia[x.id].ids, x.ids)
+    # an already complete cache: nothing new
+    st = C.write_cache(ss, d, tiny_qwen, layer_ids=(0,), shard_tokens=60, progress=False)
+    assert st.samples == 0 and len(C.TargetCache(d)) == 8
+
+
+def test_estimate_numbers_and_cli(capsys):
+    e = C.estimate(num_samples=1000, tokens_per_sample=512, hidden_size=640, num_layers=5)
+    assert e["bytes_per_token"] == 4 + 1 + 5 * 640 * 2 + 640 * 2
+    assert e["bytes_per_field"]["taps"] == 1000 * 512 * 5 * 640 * 2
+    from dspark_viz.cli import main
+    assert main(["prepare", "estimate", "--num-samples", "1000", "--seq-len", "512",
+                 "--hidden-size", "640", "--num-layers", "5"]) == 0
+    assert "7,685 B/token" in capsys.readouterr().out
+    assert main(["prepare", "estimate", "--num-samples", "10"]) == 2
+    assert "error" in capsys.readouterr().err

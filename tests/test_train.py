@@ -1,0 +1,271 @@
+"""Training: anchors/mask semantics, training forward == inference, chunked losses, end to
+end (prompts → regenerate → cache → train → load → speculative decoding), resume after a
+kill, DDP (2 gloo processes) == 1 process, clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_drafter
+from dspark_viz.cli import main
+from dspark_viz.data.cache import CacheItem, TargetCache
+from dspark_viz.drafter.model import ContextCache, DSparkDrafter
+from dspark_viz.train import anchors as A
+from dspark_viz.train import losses as L
+from dspark_viz.train import trainer as T
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _env():
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+
+
+# ------------------------------------------------------------------------------ anchors
+def test_anchor_candidates_and_block_targets():
+    ids = torch.arange(10, 22)  # T = 12
+    m = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1]).bool()
+    cand = A.anchor_candidates(m)
+    assert cand.tolist() == [3, 4, 5, 6, 10]
+    lab, prev, valid = A.block_targets(ids, m, torch.tensor([3, 6, 10]), 4)
+    assert lab[0].tolist() == [14, 15, 16, 17] and valid[0].all()
+    assert prev[0].tolist() == [13, 14, 15, 16]  # slot 0's previous token is the anchor
+    assert valid[1].tolist() == [True, False, False, False]  # leaves the span, never resumes
+    assert valid[2].tolist() == [True, False, False, False]  # runs off the sequence end
+    g = torch.Generator().manual_seed(0)
+    a = A.sample_anchors(m, 3, g)
+    assert a.numel() == 3 and set(a.tolist()) <= set(cand.tolist()) and a.tolist() == sorted(a.tolist())
+
+
+def test_block_mask_semantics():
+    M = A.block_mask(torch.tensor([[2, 5]]), C=7, gamma=3)[0, 0]  # [6, 13]
+    assert M.shape == (6, 13)
+    assert M[:3, :7].sum(1).tolist() == [2, 2, 2] and M[:3, :2].all()  # block 0 sees ctx < 2
+    assert M[3:, :5].all() and not M[3:, 5:7].any()  # block 1 sees ctx < 5, not the anchor
+    assert M[:3, 7:10].all() and not M[:3, 10:].any() and M[3:, 10:].all() and not M[3:, 7:10].any()
+
+
+@pytest.mark.parametrize("markov", ["vanilla", "gated", "rnn", "none"])
+def test_training_forward_matches_inference(tiny_target_any, markov):
+    """The packed training forward gives propose()'s base logits, bias and confidence."""
+    t = tiny_target_any
+    d = make_drafter(t, markov, seed=3).float()
+    g = d.cfg.block_size
+    ids = torch.randint(4, 250, (40,), generator=torch.Generator().manual_seed(1))
+    ids[0] = 2
+    out = t.forward(ids[None], None, d.cfg.target_layer_ids + (t.num_layers - 1,))
+    LH = len(d.cfg.target_layer_ids) * t.hidden_size
+    item = CacheItem("x", ids, torch.ones(40, dtype=torch.bool), out.taps[0, :, :LH], out.taps[0, :, LH:])
+    anchors = torch.tensor([5, 17, 30])
+    b = A.pack([item, item], [anchors, anchors[:2]], gamma=g, mask_token_id=d.cfg.mask_token_id)
+    feats = d.context_features(b.ctx_taps)
+    h = d.backbone(t.embed(b.block_ids), b.block_pos, d.layer_kv(feats, b.ctx_pos), b.mask)
+    h = h.view(2, 3, g, -1)
+    prev = b.prev.view(2, 3 * g)
+    for j, a in enumerate(anchors.tolist()):
+        cache = ContextCache()
+        d.extend_context(cache, item.taps[None, :a])  # positions < a only
+        labels = ids[a + 1: a + 1 + g]
+        # propose with greedy sampling forced onto the true tokens is not possible, so compare
+        # the parallel stage for all slots and the Markov/confidence terms for slot 0
+        p = d.propose(t, cache, ids[a: a + 1], gamma=g, temperature=0.0, candidates=0)
+        torch.testing.assert_close(t.logits(h[0, j]), p.base_logits[0], rtol=1e-4, atol=1e-4)
+        if d.markov is not None:
+            u = d.markov.features(prev, h.view(2, 3 * g, -1), g).view(2, 3, g, -1)
+            torch.testing.assert_close(d.markov.w2(u[0, j, 0]).float(), p.bias[0, 0], rtol=1e-4, atol=1e-4)
+        if d.confidence is not None:
+            e = d.markov.prev_embed(prev.view(2, 3, g)[0, j, 0]) if d.markov is not None else None
+            torch.testing.assert_close(d.confidence(h[0, j, 0], e), p.conf_logit[0, 0], rtol=1e-4, atol=1e-4)
+        assert b.labels[0, j].tolist() == labels.tolist()
+    assert not b.valid[1, 2].any()  # the padding block
+
+
+def test_chunked_head_gradients_equal_direct_autograd(tiny_qwen):
+    t = tiny_qwen
+    g = torch.Generator().manual_seed(0)
+    N, H, r, V = 23, t.hidden_size, 8, t.vocab_size
+    h = torch.randn(N, H, generator=g, requires_grad=True)
+    u = torch.randn(N, r, generator=g, requires_grad=True)
+    w2 = torch.nn.Linear(r, V, bias=False)
+    t_last = torch.randn(N, H, generator=g)
+    key = torch.arange(N) // 2  # pairs share a target position
+    t_last = t_last[key * 2]
+    labels = torch.randint(0, V, (N,), generator=g)
+    cce, ctv = torch.rand(N, generator=g), torch.rand(N, generator=g)
+    terms = L.chunked_head_terms(h=h, u=u, w2=w2, head=t.logits, t_last=t_last, t_key=key,
+                                 labels=labels, coef_ce=cce, coef_tv=ctv, chunk_rows=5)
+    gw_chunk = w2.weight.grad.clone()
+    w2.weight.grad = None
+    z = t.logits(h) + w2(u)
+    logp = torch.log_softmax(z, -1)
+    pt = torch.softmax(t.logits(t_last), -1)
+    ce = -logp.gather(-1, labels[:, None]).squeeze(-1)
+    l1 = (logp.exp() - pt).abs().sum(-1)
+    (cce * ce + ctv * l1).sum().backward()
+    torch.testing.assert_close(terms.ce, ce.detach())
+    torch.testing.assert_close(terms.l1, l1.detach())
+    torch.testing.assert_close(terms.grad_h, h.grad)
+    torch.testing.assert_close(terms.grad_u, u.grad)
+    torch.testing.assert_close(gw_chunk, w2.weight.grad)
+    assert ((terms.accept >= 0) & (terms.accept <= 1)).all()
+
+
+def test_position_weights_prob_tau_and_variants():
+    w = L.position_weights(7, 7.0)
+    assert w[0] == 1 and abs(float(w[6]) - float(torch.exp(torch.tensor(-6 / 7)))) < 1e-6
+    assert L.LossConfig("paper").decay(7) == 7 and L.LossConfig("deepspec").decay(7) == 4
+    acc = torch.tensor([[0.5, 0.5, 1.0]])
+    assert abs(float(L.prob_tau(acc, torch.tensor([[True, True, True]]))) - (1 + 0.5 + 0.25 + 0.25)) < 1e-6
+    assert abs(float(L.prob_tau(acc, torch.tensor([[True, False, False]]))) - 1.5) < 1e-6
+    v = torch.tensor([[True, True, False], [True, False, False]])
+    assert float(L.denominator(v, w[:3], "paper")) == 2
+    assert abs(float(L.denominator(v, w[:3], "deepspec")) - float(2 * w[0] + w[1])) < 1e-6
+    with pytest.raises(ValueError):
+        L.LossConfig("nope")
+
+
+def test_lr_schedule():
+    cfg = T.TrainConfig(steps=100, lr=1e-3, warmup_ratio=0.1)
+    lrs = [T.lr_at(s, cfg) for s in range(100)]
+    assert abs(lrs[9] - 1e-3) < 1e-12 and lrs[0] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] < 1e-5
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory):
+    """prompts → regenerate → cache through the CLI on the tiny Qwen3 target."""
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("e2e")
+    assert main(["prepare", "prompts", "--source", "builtin:instructions", "--source",
+                 "builtin:arithmetic", "--n", "20", "--val-fraction", "0.1", "--out", str(d / "p")]) == 0
+    assert main(["prepare", "regenerate", "--prompts", str(d / "p" / "train.jsonl"), "--out",
+                 str(d / "regen.jsonl"), "--target", "tiny:qwen3", "--max-new-tokens", "48",
+                 "--temperature", "1.0", "--batch-size", "12", "--no-progress"]) == 0
+    assert main(["prepare", "cache", "--samples", str(d / "regen.jsonl"), "--out", str(d / "cache"),
+                 "--target", "tiny:qwen3", "--shard-tokens", "1500", "--no-progress"]) == 0
+    return d
+
+
+def test_end_to_end_train_load_decode(e2e, tiny_qwen, capsys):
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession
+    t0 = time.perf_counter()
+    run = e2e / "run"
+    assert main(["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--out", str(run),
+                 "--steps", "300", "--log-every", "25", "--ckpt-every", "100", "--no-progress"]) == 0
+    assert "anchor-blocks/s" in capsys.readouterr().out
+    hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == list(range(25, 301, 25))
+    first, last = hist[0], hist[-1]
+    assert last["loss"] < 0.8 * first["loss"] and last["tv"] < first["tv"]
+    assert last["accept@1"] > first["accept@1"] + 0.1 and last["tau_prob"] > first["tau_prob"] + 0.3
+    assert {"conf", "conf_abs_err", "conf_bias", "accept@7", "blocks_per_s"} <= set(last)
+    assert len(list((run / "checkpoints").glob("step-*"))) == 2  # keep_ckpts
+    # load the trained drafter; analytic acceptance rose on the training data
+    cache = TargetCache(e2e / "cache")
+    src = T.CacheSource(cache)
+    drafter = DSparkDrafter.from_pretrained(run / "drafter", target=tiny_qwen)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = DSparkDrafter(drafter.cfg)
+    after = T.evaluate(drafter, tiny_qwen, src, max_samples=16)
+    before = T.evaluate(fresh, tiny_qwen, src, max_samples=16)
+    assert after["accept@1"] > before["accept@1"] + 0.1 and after["tau_prob"] > before["tau_prob"] + 0.3
+    # speculative decoding with the trained drafter (sampling at T = 1, as trained)
+    prompt = json.loads((e2e / "regen.jsonl").read_text().splitlines()[0])["input_ids"][:20]
+    tr = SpecSession(tiny_qwen, drafter, DecodeConfig(gamma=7, temperature=1.0, max_new_tokens=40,
+                                                      seed=1)).run(prompt)
+    tr_rand = SpecSession(tiny_qwen, fresh.eval(), DecodeConfig(gamma=7, temperature=1.0,
+                                                                max_new_tokens=40, seed=1)).run(prompt)
+    assert tr.summary.new_tokens >= 40 - 8 and tr.summary.tau_mean > tr_rand.summary.tau_mean
+    assert time.perf_counter() - t0 < 120
+
+
+def test_dflash_preset_has_no_heads_and_trains(e2e, tiny_qwen):
+    src = T.CacheSource(TargetCache(e2e / "cache", verify=False))
+    res = T.train(tiny_qwen, src, e2e / "dflash", T.TrainConfig(method="dflash", steps=30,
+                                                                 log_every=10), progress=False)
+    d = DSparkDrafter.from_pretrained(e2e / "dflash" / "drafter", target=tiny_qwen)
+    assert d.markov is None and d.confidence is None
+    assert res.history[-1]["loss"] == pytest.approx(res.history[-1]["ce"])  # CE only
+    assert "conf" not in res.history[-1] and res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_train_refuses_mismatched_cache_and_bad_settings(e2e, capsys):
+    rc = main(["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--out",
+               str(e2e / "bad"), "--layer-ids", "0", "--steps", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "layer_ids" in err and len(err.strip().splitlines()) == 1
+    rc = main(["train", "--cache", str(e2e / "cache"), "--target", "tiny:gemma3", "--out",
+               str(e2e / "bad"), "--steps", "2", "--no-progress"])
+    assert rc == 2 and "target" in capsys.readouterr().err
+    rc = main(["train", "--target", "tiny:qwen3", "--out", str(e2e / "bad"), "--steps", "2"])
+    assert rc == 2 and "--cache" in capsys.readouterr().err
+
+
+def _train_cmd(cache, out, steps, extra=()):
+    return [sys.executable, "-m", "dspark_viz.cli", "train", "--cache", str(cache), "--target",
+            "tiny:qwen3", "--out", str(out), "--steps", str(steps), "--log-every", "5",
+            "--ckpt-every", "10", "--keep-ckpts", "5", "--no-progress", "--threads", "1", *extra]
+
+
+def test_resume_after_kill_matches_uninterrupted(e2e):
+    out = e2e / "killed"
+    p = subprocess.Popen(_train_cmd(e2e / "cache", out, 60), env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline and not (out / "checkpoints" / "step-00000020").exists():
+        time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    done = sorted((out / "checkpoints").glob("step-*"))
+    assert done and not (out / "drafter").exists(), "the run was not killed mid-training"
+    r = subprocess.run(_train_cmd(e2e / "cache", out, 60), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    resumed_from = int(r.stdout.split("steps ")[1].split("→")[0])
+    assert 0 < resumed_from < 60
+    ref = e2e / "straight"
+    assert main(_train_cmd(e2e / "cache", ref, 60)[3:]) == 0  # the same run, uninterrupted
+    a = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in a] == [x["step"] for x in b]  # no duplicated / missing lines
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-5)
+    da = DSparkDrafter.from_pretrained(out / "drafter")
+    db = DSparkDrafter.from_pretrained(ref / "drafter")
+    for (k, v), (_, w) in zip(da.state_dict().items(), db.state_dict().items()):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_ddp_two_gloo_processes_match_one(e2e):
+    steps, extra = 20, ("--batch-size", "8", "--micro-batch", "2")
+    assert main(_train_cmd(e2e / "cache", e2e / "ddp1", steps, extra)[3:]) == 0  # 1 process
+    cmd = _train_cmd(e2e / "cache", e2e / "ddp2", steps, extra)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", *cmd[2:]], env=_env(),
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [json.loads(x) for x in (e2e / "ddp1" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (e2e / "ddp2" / "metrics.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 4
+    cfg = json.loads((e2e / "ddp2" / "train_config.json").read_text())
+    assert cfg["world_size"] == 2
+    for x, y in zip(a, b):
+        for k in ("loss", "ce", "tv", "accept@1", "tau_prob"):
+            assert x[k] == pytest.approx(y[k], rel=1e-3, abs=1e-4), (k, x["step"])
+    assert a[-1]["loss"] < a[0]["loss"]
