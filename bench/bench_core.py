@@ -4,7 +4,8 @@ Measures, on the embedded Gemma 3 270M with the default drafter at γ = 7 (T = 0
 parallel pass, the Markov loop, verification and trace recording per round, the Markov loop's
 share of the round, and plain target decoding tokens/s — side by side in one run.
 
-    python bench/bench_core.py [--rounds 12] [--out bench/results_core.json]
+    python bench/bench_core.py [--rounds 12] [--threads N] [--drafter default|random|PATH]
+                               [--out bench/results_core.json]
 """
 from __future__ import annotations
 
@@ -29,7 +30,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--drafter", default="default")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     target = load_target("embedded")
     drafter, label = resolve_drafter(a.drafter, target)
     cfg = DecodeConfig(gamma=7, max_new_tokens=10_000, temperature=0.0)
@@ -57,7 +61,7 @@ def main() -> None:
                               verify=med["verify"], recording_and_other=other,
                               round_total=med["total"]),
                markov_share=med["markov"] / med["total"], ar_tokens_per_s=ar_tps,
-               rounds=a.rounds)
+               rounds=a.rounds, load_average=list(__import__("os").getloadavg()))
     print(json.dumps(res, indent=1))
     if a.out:
         with open(a.out, "w") as f:
