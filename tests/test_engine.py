@@ -45,7 +45,7 @@ def test_greedy_equality_nothing_accepted(tiny_target_any, gamma):
     assert all(r.appended_kind == "correction" for r in tr.rounds if r.verify)
 
 
-@pytest.mark.parametrize("gamma", [1, 4, 7])
+@pytest.mark.parametrize("gamma", [1, 4, 7, 16])
 def test_greedy_equality_perfect_drafter(tiny_target_any, gamma):
     T = tiny_target_any
     cfg = DecodeConfig(gamma=gamma, max_new_tokens=40)
