@@ -266,11 +266,19 @@ def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
 
 def load_target(spec: str = "embedded", *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> Target:
-    """Load a target by Hugging Face id, local directory, or the embedded default.
+    """Load a target by Hugging Face id, local directory, the embedded default, or
+    ``tiny:qwen3`` / ``tiny:gemma3[:SEED]`` (tiny random targets, for tests and tutorials).
 
     Fails with a one-line ``TargetError`` when the path does not exist, the hub cannot be
     reached, or the family is not supported.
     """
+    if spec.startswith("tiny:"):  # tiny:FAMILY[:SEED] — the in-process test targets (vocab 320)
+        parts = spec.split(":")
+        try:
+            seed = int(parts[2]) if len(parts) > 2 else (0 if parts[1] == "qwen3" else 1)
+        except ValueError:
+            raise TargetError(f"bad tiny target spec {spec!r} (tiny:qwen3|gemma3[:SEED])") from None
+        return tiny_target(family=parts[1], vocab_size=320, seed=seed)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if spec in EMBEDDED_ALIASES:
