@@ -119,12 +119,13 @@ def test_notebook_executes_on_ci_preset(path, tmp_path, tutorial_dir):
 
 
 def test_notebook_time_budget():
-    """All six on the CI preset within 6 minutes (this machine: 2 cores, shared)."""
+    """All six on the CI preset within the issue's 15 minutes (≈ 85 s on an idle 2-core machine;
+    the bound leaves room for a busy one)."""
     if len(TIMES) < len(NOTEBOOKS):
         pytest.skip("runs after the execution tests (not all of them ran)")
     total = sum(TIMES.values())
     print(json.dumps({k: round(v, 1) for k, v in TIMES.items()} | {"total": round(total, 1)}))
-    assert total < 360, f"notebooks took {total:.0f} s on the CI preset"
+    assert total < 900, f"notebooks took {total:.0f} s on the CI preset"
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ gloo on CPU). Errors are one-line ``CLIError`` messages.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from dspark_viz.cli import CLIError
@@ -40,7 +41,7 @@ def _cmd_train(a) -> int:
                         min_lr_ratio=a.min_lr_ratio, weight_decay=a.weight_decay,
                         grad_clip=a.grad_clip, loss_variant=a.loss_variant, seed=a.seed,
                         log_every=a.log_every, ckpt_every=a.ckpt_every, keep_ckpts=a.keep_ckpts,
-                        max_len=a.max_len, **kw)
+                        max_len=a.max_len, head_bf16=a.head_bf16, **kw)
     cfg = T.resolve_config(cfg, target)
     layers = parse_layer_ids(a.layer_ids)
     over = {"layer_ids": layers} if layers else {}
@@ -71,7 +72,8 @@ def _cmd_train(a) -> int:
             raise CLIError(f"--draft-vocab {a.draft_vocab}: expected a JSON list of token ids ({e})") from None
     try:
         res = T.train(target, source, a.out, cfg, drafter_cfg=dcfg, dist_info=d,
-                      progress=not a.no_progress, draft_vocab=vocab)
+                      progress=not a.no_progress, draft_vocab=vocab,
+                      deadline=(time.time() + 60 * a.max_minutes) if a.max_minutes else None)
     except ValueError as e:  # e.g. a draft vocabulary of the wrong size
         raise CLIError(str(e).splitlines()[0]) from None
     if d.main:
@@ -125,6 +127,10 @@ def register(sub) -> None:
     p.add_argument("--alpha-conf", type=float, default=None)
     p.add_argument("--chunk-rows", type=int, default=None, help="LM-head rows per chunk")
     p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-time guard: past it, checkpoint and save the drafter as it is")
+    p.add_argument("--head-bf16", action="store_true",
+                   help="drafter-side LM-head products in bf16 (the target's p_t stays float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=200)

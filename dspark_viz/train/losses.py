@@ -85,7 +85,8 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
                        coef_tv: torch.Tensor, chunk_rows: int = 128,
                        backward: bool = True, restricted: bool = False,
                        t_lse: torch.Tensor | None = None,
-                       full_lse: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HeadTerms:
+                       full_lse: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       t_head: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HeadTerms:
     """CE and L1 for N rows, chunk by chunk, with their gradients w.r.t. h (and u).
 
     h [N, H] slot hidden states; u [N, r] Markov features (bias = w2(u)) or None;
@@ -103,7 +104,10 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
     the second term being the target mass outside R (which the drafter can never propose).
     ``t_lse`` [N] is the cached full-vocabulary log-sum-exp per row; without it
     ``full_lse(t_last rows) → [m]`` computes it (the full head — slow, for old caches).
+    ``t_head``: the head for the target rows (default ``head``) — e.g. an exact fp32 head for
+    p_t while ``head`` runs the drafter's rows in bf16.
     """
+    t_head = t_head or head
     N = h.shape[0]
     hd = h.detach().requires_grad_(backward)
     ud = u.detach().requires_grad_(backward) if u is not None else None
@@ -126,7 +130,7 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
                 first = torch.full((keys.numel(),), -1, dtype=torch.long, device=inv.device)
                 first.scatter_reduce_(0, inv, torch.arange(inv.numel(), device=inv.device),
                                       reduce="amax", include_self=True)
-                tz = head(t_last[sl][first])  # [u, V']
+                tz = t_head(t_last[sl][first])  # [u, V']
                 if restricted:
                     lse = t_lse[sl][first].float() if t_lse is not None else full_lse(t_last[sl][first])
                     pt = torch.exp(tz - lse[:, None])[inv]  # [m, Vd] full-vocabulary p_t on R
