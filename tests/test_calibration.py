@@ -7,18 +7,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from dspark_viz.eval import calibration as C
 from test_metrics import CONF_A, trace_a, trace_b
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- references

@@ -15,15 +15,6 @@ from dspark_viz.data import regenerate as R
 from dspark_viz.data import sources as S
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CPU is shared: intra-op threads > 1 spin and slow these small ops down a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------ prompts
 def test_builtin_sources_are_deterministic_and_nonempty():
     for name in S.BUILTIN:

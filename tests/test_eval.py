@@ -6,22 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from dspark_viz.config import ConfigError
 from dspark_viz.eval import prompts as P
 from dspark_viz.eval.benchmark import DrafterRun, EvalSettings, run_eval
 
 TIMING_KEYS = {"wall_s", "tokens_per_s", "speedup"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU they lose 10× to contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- prompts

@@ -17,14 +17,6 @@ from dspark_viz.train import losses as L
 from dspark_viz.train import trainer as T
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _setup(seed=0, N=9, H=12, V=40, Vd=15, r=4):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(V, H, generator=g)
