@@ -52,7 +52,7 @@ def plain_token(text: str, limit: int = 12) -> str:
     s = "".join(out)
     if len(s) > limit:
         s = s[: limit - 1] + "…"
-    return html.escape(s)
+    return html.escape(s, quote=False)  # plotly decodes &amp; &lt; &gt; but not &quot;
 
 
 def _font(big: bool) -> dict:
@@ -65,7 +65,9 @@ def _layout(title: str, big: bool, height: int, **kw) -> dict:
            "font": _font(big), "template": TEMPLATE, "height": int(height * (1.3 if big else 1)),
            "margin": {"l": 60, "r": 30, "t": 80 if big else 70, "b": 150},
            "paper_bgcolor": "#ffffff", "plot_bgcolor": "#ffffff",
-           "legend": {"orientation": "h", "y": -0.32, "yanchor": "top", "x": 0}}
+           # at the bottom of the figure (container coordinates), below the x-axis title
+           "legend": {"orientation": "h", "yref": "container", "y": 0.005, "yanchor": "bottom",
+                      "x": 0}}
     lay.update(kw)
     return lay
 
