@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,12 @@ class OracleDrafter:
         obj.adversarial = adversarial
         obj.session = None
         return obj.eval()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where browser tests save screenshots: $DSPARK_VIZ_ARTIFACTS, else a tmp dir."""
+    d = os.environ.get("DSPARK_VIZ_ARTIFACTS")
+    p = Path(d) if d else tmp_path_factory.mktemp("screenshots")
+    p.mkdir(parents=True, exist_ok=True)
+    return p

@@ -6,7 +6,6 @@ screenshots (to ``$DSPARK_VIZ_ARTIFACTS`` when set, e.g. tests/artifacts, else a
 """
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -32,14 +31,6 @@ def url(tiny_gemma):
     _, u, _ = appmod.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
     yield u
     demo.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    d = os.environ.get("DSPARK_VIZ_ARTIFACTS")
-    p = Path(d) if d else tmp_path_factory.mktemp("screenshots")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
 
 
 def _status(page) -> str:

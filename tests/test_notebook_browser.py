@@ -81,14 +81,6 @@ def lab(tmp_path_factory):
     log.close()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory):
-    d = os.environ.get("DSPARK_VIZ_ARTIFACTS")
-    p = Path(d) if d else tmp_path_factory.mktemp("screenshots")
-    p.mkdir(parents=True, exist_ok=True)
-    return p
-
-
 _PROMPTS = """() => Array.from(document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt'))
                  .map(e => e.textContent.trim())"""
 

@@ -10,21 +10,7 @@ import json
 from pathlib import Path
 
 from dspark_viz.cli import CLIError
-
-
-def resolve_target(spec: str, device=None):
-    """``tiny:FAMILY[:SEED]`` → a tiny random target (vocab 320), else ``load_target``."""
-    if spec.startswith("tiny:"):
-        from dspark_viz.targets import tiny_target
-        parts = spec.split(":")
-        fam = parts[1]
-        seed = int(parts[2]) if len(parts) > 2 else (0 if fam == "qwen3" else 1)
-        try:
-            return tiny_target(family=fam, vocab_size=320, seed=seed)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-    from dspark_viz.targets import load_target
-    return load_target(spec, device=device)
+from dspark_viz.targets import load_target
 
 
 def parse_layer_ids(s: str | None) -> tuple[int, ...] | None:
@@ -71,7 +57,7 @@ def _cmd_regenerate(a) -> int:
                                   end_ids=end_ids, temperature=a.temperature, top_p=a.top_p,
                                   concurrency=a.concurrency, retries=a.retries, timeout=a.timeout)
     else:
-        target = resolve_target(a.target, a.device)
+        target = load_target(a.target, device=a.device)
         tok, name = target.tokenizer, target.name
         tmpl = R.template_for(a.template, name, target.family)
         backend = R.TransformersBackend(target, temperature=a.temperature, top_p=a.top_p,
@@ -105,7 +91,7 @@ def _tokenizer_only(spec: str):
     """(tokenizer adapter, name, family, eos ids) without loading weights (server mode)."""
     from dspark_viz.targets import EMBEDDED_ALIASES, EMBEDDED_NAME, HFTokenizer, TargetError, cache_dir
     if spec.startswith("tiny:"):
-        t = resolve_target(spec)
+        t = load_target(spec)
         return t.tokenizer, t.name, t.family, t.eos_ids
     from transformers import AutoConfig, AutoTokenizer
     path = str(cache_dir() / "gemma3-270m") if spec in EMBEDDED_ALIASES else spec
@@ -123,7 +109,7 @@ def _cmd_cache(a) -> int:
     from dspark_viz.data.regenerate import read_samples
     from dspark_viz.drafter.model import default_layer_ids
     samples = read_samples(a.samples)
-    target = resolve_target(a.target, a.device)
+    target = load_target(a.target, device=a.device)
     layers = parse_layer_ids(a.layer_ids) or _preset_layers(a.target_preset, target) or \
         default_layer_ids(target.num_layers, min(5, target.num_layers))
     st = write_cache(samples, a.out, target, layer_ids=layers, dtype=a.dtype, max_len=a.max_len,

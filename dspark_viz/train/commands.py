@@ -13,7 +13,8 @@ from pathlib import Path
 
 from dspark_viz.cli import CLIError
 from dspark_viz.config import ConfigError
-from dspark_viz.data.commands import _wrap, parse_layer_ids, resolve_target
+from dspark_viz.data.commands import _wrap, parse_layer_ids
+from dspark_viz.targets import load_target
 
 # options whose default comes from the method / target preset when not given
 PRESET_FIELDS = ("batch_size", "micro_batch", "num_anchors", "lr", "chunk_rows")
@@ -31,7 +32,7 @@ def _cmd_train(a) -> int:
         raise CLIError("--samples trains online (the target runs on the fly); add --online")
     d = T.init_distributed()
     dev = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
-    target = resolve_target(a.target, dev)
+    target = load_target(a.target, device=dev)
     kw = {k: getattr(a, k) for k in PRESET_FIELDS if getattr(a, k) is not None}
     for k in ("alpha_ce", "alpha_tv", "alpha_conf", "gamma_w", "markov_type"):
         if getattr(a, k) is not None:

@@ -94,8 +94,8 @@ def get_preset(name: str | None = None, **overrides) -> NotebookPreset:
 
 def load_tutorial_target(preset: NotebookPreset, device=None):
     """The preset's target: ``tiny:FAMILY`` (in-process random model) or a ``load_target`` spec."""
-    from dspark_viz.data.commands import resolve_target
-    return resolve_target(preset.target, device)
+    from dspark_viz.targets import load_target
+    return load_target(preset.target, device=device)
 
 
 def tutorial_dir(target, preset: NotebookPreset) -> Path:
