@@ -231,3 +231,25 @@ def test_export_bf16_roundtrip(tmp_path, tiny_gemma):
     assert torch.equal(back.fc.weight, d.fc.weight.to(torch.bfloat16).float())
     with pytest.raises(ValueError):
         export(tmp_path / "src", tmp_path / "x", "int8")
+
+
+def test_init_starts_from_a_drafter_and_checks_its_config(tmp_path, tiny_gemma):
+    d, _ = _cache(tmp_path, tiny_gemma, n=4, T=24)
+    src = T.CacheSource(C.TargetCache(d))
+    cfg = T.resolve_config(T.TrainConfig(steps=1, batch_size=2, micro_batch=2, num_anchors=4,
+                                         lr=1e-30, log_every=1, ckpt_every=100), tiny_gemma)
+    dcfg = T.drafter_config(cfg, tiny_gemma, draft_vocab_size=64, markov_rank=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        init = DSparkDrafter(dcfg)
+    init.set_draft_vocab(torch.arange(0, 128, 2))
+    res = T.train(tiny_gemma, src, tmp_path / "run", cfg, drafter_cfg=dcfg, progress=False,
+                  init=init)
+    out = res.drafter
+    assert out.draft_vocab.tolist() == list(range(0, 128, 2))
+    for (k, a), (_, b) in zip(out.state_dict().items(), init.state_dict().items()):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-20, msg=k)  # lr 1e-30: the init's weights
+    other = T.drafter_config(cfg, tiny_gemma, draft_vocab_size=64, markov_rank=4)
+    with pytest.raises(T.TrainError, match="markov_rank"):
+        T.train(tiny_gemma, src, tmp_path / "run2", cfg, drafter_cfg=other, progress=False,
+                init=init)

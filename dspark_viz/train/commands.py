@@ -53,6 +53,24 @@ def _cmd_train(a) -> int:
         dcfg = T.drafter_config(cfg, target, **over)
     except ConfigError as e:
         raise CLIError(str(e)) from None
+    init = None
+    if a.init is not None:
+        from dspark_viz.drafter.model import DrafterError
+        from dspark_viz.drafter.registry import resolve_drafter
+        if a.draft_vocab is not None:
+            raise CLIError("--init brings its own draft vocabulary; drop --draft-vocab")
+        try:
+            init, _ = resolve_drafter(a.init, target, "dflash" if a.method == "dflash" else "dspark")
+        except (DrafterError, OSError, ValueError) as e:
+            raise CLIError(f"--init {a.init}: {str(e).splitlines()[0]}") from None
+        if init is None:
+            raise CLIError("--init needs a drafter (a directory or 'default'), not 'none'")
+        dcfg = init.cfg  # the run's drafter is the --init one; train() checks the method matches
+        if (dcfg.markov_type != "none") != (cfg.method_value("markov_type") != "none") or \
+                dcfg.block_size != cfg.block_size:
+            raise CLIError(f"--init {a.init} is a {'DSpark' if dcfg.markov_type != 'none' else 'DFlash'} "
+                           f"drafter with block size {dcfg.block_size}; it does not match --method "
+                           f"{a.method} --block-size {cfg.block_size}")
     if a.cache is not None:
         caches = [TargetCache(c, verify=not a.no_verify,
                               expect={"target": target.name, "hidden_size": target.hidden_size,
@@ -74,7 +92,8 @@ def _cmd_train(a) -> int:
     try:
         res = T.train(target, source, a.out, cfg, drafter_cfg=dcfg, dist_info=d,
                       progress=not a.no_progress, draft_vocab=vocab,
-                      deadline=(time.time() + 60 * a.max_minutes) if a.max_minutes else None)
+                      deadline=(time.time() + 60 * a.max_minutes) if a.max_minutes else None,
+                      init=init)
     except ValueError as e:  # e.g. a draft vocabulary of the wrong size
         raise CLIError(str(e).splitlines()[0]) from None
     if d.main:
@@ -110,6 +129,9 @@ def register(sub) -> None:
                    help="restricted draft vocabulary Vd (0 = whole target vocabulary); built "
                         "from the training data's token frequencies unless --draft-vocab")
     p.add_argument("--draft-vocab", type=Path, default=None, help="JSON list of target ids (size Vd)")
+    p.add_argument("--init", default=None,
+                   help="start from this drafter's weights: a drafter directory, or 'default' for "
+                        "the shipped one of --method (fine-tuning; its configuration is kept)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=None, help="sequences per step, all ranks")
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per forward per rank")

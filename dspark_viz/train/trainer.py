@@ -606,8 +606,13 @@ def _step_plan(source: Source, order: _Order, step: int, cfg: TrainConfig, d: Di
 def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, *,
           drafter_cfg: DrafterConfig | None = None, dist_info: Dist | None = None,
           progress: bool = True, stop_after: int | None = None,
-          draft_vocab=None, deadline: float | None = None) -> TrainResult:
+          draft_vocab=None, deadline: float | None = None,
+          init: DSparkDrafter | None = None) -> TrainResult:
     """Train (or resume) a drafter; returns the history of logged metrics.
+
+    ``init``: start from this drafter's weights (fine-tuning; its draft vocabulary included)
+    instead of a fresh initialisation; its configuration must equal the run's. A run that
+    resumes from a checkpoint ignores it.
 
     ``draft_vocab``: with a restricted draft vocabulary (``drafter_cfg.draft_vocab_size`` > 0)
     the target ids it holds; None builds it from the training data's token frequencies
@@ -634,7 +639,18 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         drafter = DSparkDrafter(dcfg)
-    if dcfg.restricted:
+    if init is not None:
+        if init.cfg != dcfg:
+            diff = [f.name for f in fields(DrafterConfig) if getattr(init.cfg, f.name) != getattr(dcfg, f.name)]
+            raise TrainError(f"--init drafter differs from the run's drafter in {', '.join(diff)} "
+                             f"({', '.join(f'{k}={getattr(init.cfg, k)!r} vs {getattr(dcfg, k)!r}' for k in diff[:3])})")
+        if draft_vocab is not None:
+            raise TrainError("give either an --init drafter or a draft vocabulary, not both")
+        drafter.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                 for k, v in init.state_dict().items()})
+        if dcfg.restricted:
+            drafter.set_draft_vocab(init.draft_vocab.detach().clone().cpu())
+    elif dcfg.restricted:
         vocab = list(draft_vocab) if draft_vocab is not None else build_draft_vocab(
             source, dcfg.draft_vocab_size, target)
         drafter.set_draft_vocab(torch.tensor(vocab))

@@ -1,0 +1,68 @@
+"""The CPU bf16 LM head: exact top logits, same greedy decoding, opt-in/opt-out rules."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dspark_viz.config import DecodeConfig
+from dspark_viz.decoding.engine import SpecSession, plain_decode
+from dspark_viz.targets import Bf16Head, fast_head_wanted, tiny_target, use_fast_head
+
+from conftest import make_drafter
+
+
+def test_bf16_head_top_logits_exact_and_tail_close():
+    g = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5000, 64, generator=g) * 0.2)
+    head = Bf16Head(w, exact_k=16)
+    h = torch.randn(3, 7, 64, generator=g) * 3  # [B, T, H]
+    ref = h @ w.detach().T  # [B, T, V] fp32
+    z = head(h)
+    assert z.dtype == torch.float32 and z.shape == ref.shape
+    top = ref.topk(16, dim=-1).indices
+    # the exact-k largest entries are the fp32 products (same argmax, same head of p)
+    torch.testing.assert_close(z.gather(-1, top[..., :8]), ref.gather(-1, top[..., :8]),
+                               rtol=1e-6, atol=1e-5)
+    assert torch.equal(z.argmax(-1), ref.argmax(-1))
+    # the tail carries bf16 error only
+    assert (z - ref).abs().max() < 0.05 * ref.abs().max()
+    assert "weight_bf16" not in head.state_dict() and head.weight is w
+
+
+def test_fast_head_greedy_equals_fp32_head():
+    cfg = DecodeConfig(gamma=4, max_new_tokens=40)
+    plain = tiny_target(family="gemma3", vocab_size=320, seed=1)
+    fast = tiny_target(family="gemma3", vocab_size=320, seed=1)
+    use_fast_head(fast.model, exact_k=8)
+    assert isinstance(fast.model.get_output_embeddings(), Bf16Head)
+    ref = plain_decode(plain, "The quick brown fox", cfg)
+    assert plain_decode(fast, "The quick brown fox", cfg) == ref
+    s = SpecSession(fast, make_drafter(fast), cfg)
+    s.run("The quick brown fox")
+    assert s.generated == ref
+
+
+def test_fast_head_rules(monkeypatch):
+    t = tiny_target(family="qwen3", vocab_size=320, seed=0)
+    monkeypatch.delenv("DSPARK_VIZ_FAST_HEAD", raising=False)
+    assert not fast_head_wanted(t.model)  # small vocabulary: nothing to gain
+    monkeypatch.setenv("DSPARK_VIZ_FAST_HEAD", "1")
+    assert fast_head_wanted(t.model)
+    monkeypatch.setenv("DSPARK_VIZ_FAST_HEAD", "0")
+    assert not fast_head_wanted(t.model)
+
+
+@pytest.mark.slow
+def test_embedded_fast_head_matches_fp32(embedded_target):
+    T = embedded_target
+    head = T.model.get_output_embeddings()
+    if not isinstance(head, Bf16Head):
+        pytest.skip("this CPU has no fast bf16 products: the embedded target keeps the fp32 head")
+    ids = torch.tensor([T.encode("def add(a, b):\n    return")])
+    out = T.forward(ids, T.new_cache(), layer_ids=(T.num_layers - 1,))
+    h = out.taps[0]  # [T, H]: the last layer after the final norm
+    ref = h @ head.weight.T
+    assert torch.equal(out.logits[0].argmax(-1), ref.argmax(-1))
+    top = ref.topk(32, dim=-1).indices
+    torch.testing.assert_close(out.logits[0].gather(-1, top), ref.gather(-1, top),
+                               rtol=1e-5, atol=1e-4)
