@@ -261,3 +261,21 @@ def test_ddp_two_gloo_processes_match_one(e2e):
         for k in ("loss", "ce", "tv", "accept@1", "tau_prob"):
             assert x[k] == pytest.approx(y[k], rel=1e-3, abs=1e-4), (k, x["step"])
     assert a[-1]["loss"] < a[0]["loss"]
+
+
+def test_train_init_fine_tunes_and_refuses_mismatches(e2e, capsys):
+    base = ["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--no-progress",
+            "--steps", "2", "--log-every", "1"]
+    assert main(base + ["--out", str(e2e / "init-src")]) == 0
+    assert main(base + ["--out", str(e2e / "init-ft"), "--init", str(e2e / "init-src" / "drafter")]) == 0
+    capsys.readouterr()
+    src = json.loads((e2e / "init-src" / "drafter" / "config.json").read_text())
+    ft = json.loads((e2e / "init-ft" / "drafter" / "config.json").read_text())
+    assert {k: v for k, v in ft.items() if k != "metadata"} == {k: v for k, v in src.items() if k != "metadata"}
+    for extra, needle in ((["--init", str(e2e / "missing")], "--init"),
+                          (["--init", str(e2e / "init-src" / "drafter"), "--markov-rank", "3"], "--markov-rank"),
+                          (["--init", str(e2e / "init-src" / "drafter"), "--method", "dflash"], "DSpark"),
+                          (["--init", "none"], "none")):
+        rc = main(base + ["--out", str(e2e / "init-bad")] + extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)

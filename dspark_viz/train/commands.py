@@ -65,7 +65,12 @@ def _cmd_train(a) -> int:
             raise CLIError(f"--init {a.init}: {str(e).splitlines()[0]}") from None
         if init is None:
             raise CLIError("--init needs a drafter (a directory or 'default'), not 'none'")
-        dcfg = init.cfg  # the run's drafter is the --init one; train() checks the method matches
+        given = {k: v for k, v in over.items()
+                 if getattr(init.cfg, "target_layer_ids" if k == "layer_ids" else k) != v}
+        if given:
+            raise CLIError(f"--init {a.init} fixes the drafter's shape; drop "
+                           + ", ".join("--" + k.replace("_", "-") for k in given))
+        dcfg = init.cfg  # the run's drafter is the --init one
         if (dcfg.markov_type != "none") != (cfg.method_value("markov_type") != "none") or \
                 dcfg.block_size != cfg.block_size:
             raise CLIError(f"--init {a.init} is a {'DSpark' if dcfg.markov_type != 'none' else 'DFlash'} "
