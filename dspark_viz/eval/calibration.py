@@ -161,8 +161,12 @@ def apply_sts(logits: np.ndarray, temps: Sequence[float] | None) -> np.ndarray:
 
 
 def default_grid() -> np.ndarray:
-    """Log-spaced temperatures 0.05 … 20 (241 points, ≈2.5 % apart)."""
-    return np.exp(np.linspace(math.log(0.05), math.log(20.0), 241))
+    """Log-spaced temperatures 0.02 … 200 (373 points, ≈2.5 % apart).
+
+    Wide on purpose: an uninformative head (logits near a constant) needs a large temperature
+    to flatten c_k toward ½, and a timid one a small temperature to sharpen it.
+    """
+    return np.exp(np.linspace(math.log(0.02), math.log(200.0), 373))
 
 
 @dataclass
