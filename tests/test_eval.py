@@ -131,6 +131,10 @@ def test_figures_build_from_a_report():
     cal = C.calibration_report(d, [1.5, 1.0, 1.0, 1.0])
     f = ef.reliability_figure(cal, [1, 2])
     assert "ECE" in f.layout.annotations[0].text
+    # one count scale shared by every panel (only the last panel labels it)
+    count_axes = [ax for name, ax in f.layout.to_plotly_json().items()
+                  if name.startswith("yaxis") and ax.get("overlaying")]
+    assert len(count_axes) == 2 and count_axes[0]["range"] == count_axes[1]["range"]
     ef.calibration_summary_figure(cal)
 
 

@@ -144,6 +144,9 @@ def reliability_figure(cal: dict, positions: list[int] | None = None,
     fig = make_subplots(rows=1, cols=len(ks), shared_yaxes=True, horizontal_spacing=0.03,
                         specs=[[{"secondary_y": True}] * len(ks)],
                         subplot_titles=[_pos_title(cal, k) for k in ks])
+    # one count scale for every panel: only the last panel labels the count axis
+    top = max([x["count"] for k in ks for rep in (cal["before"][k - 1], cal["after"][k - 1])
+               for x in rep["bins"]] + [1])
     for j, k in enumerate(ks):
         col, first = j + 1, j == 0
         b, a = cal["before"][k - 1], cal["after"][k - 1]
@@ -168,6 +171,7 @@ def reliability_figure(cal: dict, positions: list[int] | None = None,
                                           "n = %{customdata}<extra>" + name + "</extra>")
         fig.update_yaxes(range=[0, 1], row=1, col=col, secondary_y=False)
         fig.update_yaxes(showgrid=False, showticklabels=j == len(ks) - 1, row=1, col=col,
+                         range=[0, top * 1.1], tickmode="auto", nticks=6,
                          secondary_y=True, title_text="count" if j == len(ks) - 1 else None)
         fig.update_xaxes(range=[0, 1], row=1, col=col, title_text="predicted a_k")
     fig.update_yaxes(title_text="observed prefix survival", row=1, col=1, secondary_y=False)
