@@ -24,3 +24,16 @@ def test_embedded_greedy_lossless(embedded_target):
     r = tr.rounds[0]
     assert len(r.draft) == 4 and r.draft[0].corrected_topk and r.verify
     assert tr.summary.target_forwards == 1 + len(tr.rounds)
+
+
+def test_shipped_drafter_speculates(embedded_target):
+    """The shipped weights load with their STS calibration and actually get drafts accepted."""
+    T = embedded_target
+    drafter, label = resolve_drafter("default", T)
+    assert label.startswith("shipped:") and drafter.calibration is not None
+    assert len(drafter.calibration) == drafter.cfg.block_size
+    prompt = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
+    tr = SpecSession(T, drafter, DecodeConfig(gamma=7, max_new_tokens=48), drafter_name=label).run(prompt)
+    rand, _ = resolve_drafter("random", T)
+    tr_rand = SpecSession(T, rand, DecodeConfig(gamma=7, max_new_tokens=48)).run(prompt)
+    assert tr.summary.accepted >= 8 and tr.summary.tau_mean > tr_rand.summary.tau_mean + 0.2
