@@ -60,7 +60,7 @@ def _cmd_train(a) -> int:
         if a.draft_vocab is not None:
             raise CLIError("--init brings its own draft vocabulary; drop --draft-vocab")
         try:
-            init, _ = resolve_drafter(a.init, target, "dflash" if a.method == "dflash" else "dspark")
+            init, _ = resolve_drafter(a.init, target, a.method)
         except (DrafterError, OSError, ValueError) as e:
             raise CLIError(f"--init {a.init}: {str(e).splitlines()[0]}") from None
         if init is None:
