@@ -175,6 +175,11 @@ class Target:
         self.softcap = getattr(cfg, "final_logit_softcapping", None)
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
+        # the KV-cache keyword: ``cache`` (transformers ≥ 5.2x) or ``past_key_values`` (earlier 5.x,
+        # e.g. 5.17 — passing the wrong one is silently ignored and the cache stays empty)
+        import inspect
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
 
     # shared frozen pieces --------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -211,7 +216,7 @@ class Target:
         """
         past = self.cache_len(cache)
         pos = torch.arange(past, past + ids.shape[1], device=ids.device).unsqueeze(0)
-        out = self.model(input_ids=ids, cache=cache, use_cache=True,
+        out = self.model(input_ids=ids, **{self._cache_kw: cache}, use_cache=True,
                          position_ids=pos.expand(ids.shape[0], -1),
                          output_hidden_states=bool(layer_ids))
         logits = out.logits.float()
@@ -336,7 +341,7 @@ def load_target(spec: str = "embedded", *, device: torch.device | str | None = N
             seed = int(parts[2]) if len(parts) > 2 else (0 if parts[1] == "qwen3" else 1)
         except ValueError:
             raise TargetError(f"bad tiny target spec {spec!r} (tiny:qwen3|gemma3[:SEED])") from None
-        return tiny_target(family=parts[1], vocab_size=320, seed=seed)
+        return tiny_target(family=parts[1], vocab_size=320, seed=seed, device=device, dtype=dtype)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     if spec in EMBEDDED_ALIASES:
@@ -359,8 +364,12 @@ def load_target(spec: str = "embedded", *, device: torch.device | str | None = N
     return _wrap_hf(model, tok, spec)
 
 
-def tiny_target(spec: TinyTargetSpec | None = None, **kw) -> Target:
-    """A tiny random Qwen3 or Gemma 3 target built in-process (tests, tutorials, CI)."""
+def tiny_target(spec: TinyTargetSpec | None = None, *, device: torch.device | str | None = None,
+                dtype: torch.dtype | None = None, **kw) -> Target:
+    """A tiny random Qwen3 or Gemma 3 target built in-process (tests, tutorials, CI).
+
+    The weights are drawn on the CPU (identical on every machine), then moved to ``device``
+    (default CPU) in ``dtype`` (default float32)."""
     spec = spec or TinyTargetSpec(**kw)
     common = dict(vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
                   num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
@@ -389,5 +398,7 @@ def tiny_target(spec: TinyTargetSpec | None = None, **kw) -> Target:
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5))
         model.get_input_embeddings().weight.mul_(2.0)
     tok = ByteTokenizer(spec.vocab_size)
-    return Target(model.float(), tok, name=f"tiny-{spec.family}-s{spec.seed}", family=spec.family,
+    model = model.to(device=torch.device(device) if device is not None else "cpu",
+                     dtype=dtype or torch.float32)
+    return Target(model, tok, name=f"tiny-{spec.family}-s{spec.seed}", family=spec.family,
                   mask_token_id=tok.mask_token_id, eos_ids=(tok.eos_token_id,))

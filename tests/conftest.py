@@ -68,7 +68,7 @@ class OracleDrafter:
                 prev = anchor
                 for _ in range(gamma):
                     with torch.inference_mode():
-                        z = target_.model(torch.tensor([hist])).logits[0, -1].float()
+                        z = target_.model(torch.tensor([hist], device=target_.device)).logits[0, -1].float().cpu()
                     if self.adversarial:  # propose the target's least likely token
                         z = -z
                     if self.noise:
@@ -76,18 +76,21 @@ class OracleDrafter:
                     base = z.clone()
                     if use_markov and self.markov is not None and self.noise:
                         with torch.inference_mode():
-                            b, state = self.markov.step(prev, torch.zeros(1, self.cfg.hidden_size), state
-                                                        if state is not None else self.markov.init_state(1, "cpu", torch.float32))
+                            dev = next(self.parameters()).device
+                        b, state = self.markov.step(prev.to(dev), torch.zeros(1, self.cfg.hidden_size, device=dev), state
+                                                    if state is not None else self.markov.init_state(1, dev, torch.float32))
+                        b = b.float().cpu()
                         z = z + 20.0 * b[0]
                         biases.append(b[0])
                     q = warp(z.unsqueeze(0), temperature=temperature, top_k=top_k, top_p=top_p)
                     x = draw(q, gen)
                     toks.append(int(x[0])); qs.append(q[0]); bases.append(base)
                     hist.append(int(x[0])); prev = x
-                conf = torch.full((1, gamma), 2.0) if self.confidence is not None else None
-                return Proposal(tokens=torch.tensor([toks]), q=torch.stack(qs).unsqueeze(0),
-                                base_logits=torch.stack(bases).unsqueeze(0), base_ids=None, cand=None,
-                                bias=torch.stack(biases).unsqueeze(0) if biases else None,
+                dev = target_.device  # the engine keeps proposals on the target's device
+                conf = torch.full((1, gamma), 2.0, device=dev) if self.confidence is not None else None
+                return Proposal(tokens=torch.tensor([toks], device=dev), q=torch.stack(qs).unsqueeze(0).to(dev),
+                                base_logits=torch.stack(bases).unsqueeze(0).to(dev), base_ids=None, cand=None,
+                                bias=torch.stack(biases).unsqueeze(0).to(dev) if biases else None,
                                 conf_logit=conf)
 
         obj = _Oracle(base_drafter.cfg)
@@ -95,7 +98,7 @@ class OracleDrafter:
         obj.noise = noise
         obj.adversarial = adversarial
         obj.session = None
-        return obj.eval()
+        return obj.to(next(base_drafter.parameters()).device).eval()
 
 
 @pytest.fixture(scope="module")

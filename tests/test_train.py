@@ -24,7 +24,9 @@ from dspark_viz.train import trainer as T
 
 
 def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent))
+    # the subprocess runs on the CPU (gloo), also on a machine with one GPU
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent.parent),
+                CUDA_VISIBLE_DEVICES="")
 
 
 # ------------------------------------------------------------------------------ anchors
@@ -114,6 +116,32 @@ def test_chunked_head_gradients_equal_direct_autograd(tiny_qwen):
     torch.testing.assert_close(terms.grad_u, u.grad)
     torch.testing.assert_close(gw_chunk, w2.weight.grad)
     assert ((terms.accept >= 0) & (terms.accept <= 1)).all()
+
+
+def test_greedy_match_label_hand_built():
+    """The T = 0 confidence label: 1[argmax p_d = argmax p_t], with the restricted-vocabulary rule
+    (the target's argmax over R counts only if it beats the mass outside R or is the label)."""
+    head = lambda x: x  # noqa: E731 — logits are the rows themselves, V' = 3
+    h = torch.tensor([[3., 0., 0.], [0., 2., 0.], [0., 0., 1.], [0., 0., 1.]])
+    t_last = torch.tensor([[5., 0., 0.], [5., 0., 0.], [0., 0., 1.], [0., 0., 1.]])
+    key, z4 = torch.arange(4), torch.zeros(4)
+    full = L.chunked_head_terms(h=h, u=None, w2=None, head=head, t_last=t_last, t_key=key,
+                                labels=torch.tensor([0, 0, 2, 2]), coef_ce=z4, coef_tv=z4,
+                                backward=False)
+    assert full.match.tolist() == [1.0, 0.0, 1.0, 1.0]
+    assert torch.equal(full.label("greedy"), full.match) and torch.equal(full.label("tv"), full.accept)
+    # restricted: rows 2 and 3 have p_t = softmax over R scaled by exp(lse_R − lse) with lse so
+    # large that most of the target's mass is outside R (p_t(argmax_R) < mass outside)
+    lse_r = torch.logsumexp(t_last, -1)
+    lse = torch.stack([lse_r[0], lse_r[1], lse_r[2] + 2.0, lse_r[3] + 2.0])
+    res = L.chunked_head_terms(h=h, u=None, w2=None, head=head, t_last=t_last, t_key=key,
+                               labels=torch.tensor([0, 0, 2, 3]), coef_ce=z4, coef_tv=z4,
+                               backward=False, restricted=True, t_lse=lse)
+    # row 2: argmax_R is the (greedy-regenerated) label → counted; row 3: label outside R, and
+    # argmax_R holds less than the mass outside R → not counted
+    assert res.match.tolist() == [1.0, 0.0, 1.0, 0.0]
+    with pytest.raises(ValueError):
+        L.LossConfig(conf_label="argmax")
 
 
 def test_position_weights_prob_tau_and_variants():
@@ -232,7 +260,8 @@ def test_resume_after_kill_matches_uninterrupted(e2e):
     resumed_from = int(r.stdout.split("steps ")[1].split("→")[0])
     assert 0 < resumed_from < 60
     ref = e2e / "straight"
-    assert main(_train_cmd(e2e / "cache", ref, 60)[3:]) == 0  # the same run, uninterrupted
+    r = subprocess.run(_train_cmd(e2e / "cache", ref, 60), env=_env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]  # the same run, uninterrupted (same device)
     a = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in a] == [x["step"] for x in b]  # no duplicated / missing lines
@@ -246,7 +275,9 @@ def test_resume_after_kill_matches_uninterrupted(e2e):
 
 def test_ddp_two_gloo_processes_match_one(e2e):
     steps, extra = 20, ("--batch-size", "8", "--micro-batch", "2")
-    assert main(_train_cmd(e2e / "cache", e2e / "ddp1", steps, extra)[3:]) == 0  # 1 process
+    one = subprocess.run(_train_cmd(e2e / "cache", e2e / "ddp1", steps, extra), env=_env(),
+                         capture_output=True, text=True)  # 1 process, on the CPU like the two
+    assert one.returncode == 0, one.stderr[-3000:]
     cmd = _train_cmd(e2e / "cache", e2e / "ddp2", steps, extra)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", "29533", "-m", *cmd[2:]], env=_env(),
@@ -261,6 +292,36 @@ def test_ddp_two_gloo_processes_match_one(e2e):
         for k in ("loss", "ce", "tv", "accept@1", "tau_prob"):
             assert x[k] == pytest.approx(y[k], rel=1e-3, abs=1e-4), (k, x["step"])
     assert a[-1]["loss"] < a[0]["loss"]
+
+
+def test_train_only_confidence_with_greedy_labels(e2e, capsys):
+    """--train-only confidence --conf-label greedy: only the confidence head moves, its bias
+    against the T = 0 label shrinks, and the label is recorded in the drafter's metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    base = ["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--no-progress"]
+    assert main(base + ["--out", str(e2e / "conf-src"), "--steps", "40", "--log-every", "40"]) == 0
+    src = e2e / "conf-src" / "drafter"
+    assert main(base + ["--out", str(e2e / "conf-ft"), "--steps", "60", "--log-every", "10",
+                        "--init", str(src), "--train-only", "confidence", "--conf-label", "greedy",
+                        "--lr", "3e-3"]) == 0
+    assert "tau_greedy" in capsys.readouterr().out
+    w0 = load_file(str(src / "model.safetensors"))
+    w1 = load_file(str(e2e / "conf-ft" / "drafter" / "model.safetensors"))
+    moved = {k for k in w0 if not torch.equal(w0[k], w1[k])}
+    assert moved and all(k.startswith("confidence.") for k in moved), moved
+    hist = [json.loads(x) for x in (e2e / "conf-ft" / "metrics.jsonl").read_text().splitlines()]
+    assert {"greedy@1", "tau_greedy"} <= set(hist[-1])
+    assert abs(hist[-1]["conf_bias"]) < abs(hist[0]["conf_bias"])
+    assert hist[-1]["tau_prob"] == pytest.approx(hist[0]["tau_prob"], abs=0.5)  # drafts unchanged
+    with safe_open(str(e2e / "conf-ft" / "drafter" / "model.safetensors"), "pt") as f:
+        assert f.metadata()["conf_label"] == "greedy"
+    for extra, needle in ((["--train-only", "confidence"], "--init"),
+                          (["--train-only", "confidence", "--init", str(src), "--method", "dflash"],
+                           "confidence head")):
+        rc = main(base + ["--out", str(e2e / "conf-bad"), "--steps", "2"] + extra)
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
 
 
 def test_train_init_fine_tunes_and_refuses_mismatches(e2e, capsys):

@@ -233,24 +233,26 @@ class SpecSession:
         prop = pend.proposal
         draft_pos: list[DraftPos] = []
         if prop is not None:
-            base = prop.base_logits[0]  # [γ, Vd] over draft indices
-            ids = prop.base_ids if prop.base_ids is not None else torch.arange(base.shape[-1])
+            # the trace is built on the CPU whatever the device (small tensors, one copy each)
+            base = prop.base_logits[0].float().cpu()  # [γ, Vd] over draft indices
+            ids = prop.base_ids.cpu() if prop.base_ids is not None else torch.arange(base.shape[-1])
+            bias_all = prop.bias[0].float().cpu() if prop.bias is not None else None  # [γ, K]
             if prop.cand is not None:  # sequential stage ran over candidates [γ, K]
-                cand = prop.cand[0]
+                cand = prop.cand[0].cpu()
                 cbase = torch.gather(base, -1, cand)
             else:
                 cand = torch.arange(base.shape[-1]).expand(base.shape[0], -1)
                 cbase = base
             cand = ids[cand]  # [γ, K] target ids
-            markov_on = prop.bias is not None and self.use_markov
-            corrected = cbase + prop.bias[0] if markov_on else cbase  # [γ, K]
+            markov_on = bias_all is not None and self.use_markov
+            corrected = cbase + bias_all if markov_on else cbase  # [γ, K]
             base_top = [[TokenProb(int(ids[t.token]), t.logit, t.prob) for t in row]
                         for row in _topk(base, k_rec)]
             corr_top = [[TokenProb(int(cand[r, t.token]), t.logit, t.prob) for t in row]
                         for r, row in enumerate(_topk(corrected, k_rec))]
             boosted, suppressed = [], []
             if markov_on:
-                bias = prop.bias[0]  # [γ, K]
+                bias = bias_all  # [γ, K]
                 bv, bi = torch.topk(bias, k_rec, dim=-1)
                 top50 = torch.topk(cbase, min(50, cbase.shape[-1]), dim=-1).indices
                 cb = torch.gather(bias, -1, top50)

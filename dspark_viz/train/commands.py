@@ -30,6 +30,8 @@ def _cmd_train(a) -> int:
         raise CLIError("give exactly one of --cache DIR or --samples FILE --online")
     if a.samples is not None and not a.online:
         raise CLIError("--samples trains online (the target runs on the fly); add --online")
+    if a.train_only == "confidence" and a.init is None:
+        raise CLIError("--train-only confidence fine-tunes a drafter's confidence head: add --init DIR|default")
     d = T.init_distributed()
     dev = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
     target = load_target(a.target, device=dev)
@@ -42,7 +44,8 @@ def _cmd_train(a) -> int:
                         min_lr_ratio=a.min_lr_ratio, weight_decay=a.weight_decay,
                         grad_clip=a.grad_clip, loss_variant=a.loss_variant, seed=a.seed,
                         log_every=a.log_every, ckpt_every=a.ckpt_every, keep_ckpts=a.keep_ckpts,
-                        max_len=a.max_len, head_bf16=a.head_bf16, **kw)
+                        max_len=a.max_len, head_bf16=a.head_bf16, conf_label=a.conf_label,
+                        train_only=a.train_only, **kw)
     cfg = T.resolve_config(cfg, target)
     layers = parse_layer_ids(a.layer_ids)
     over = {"layer_ids": layers} if layers else {}
@@ -106,9 +109,10 @@ def _cmd_train(a) -> int:
         print(f"trained {cfg.method} drafter: steps {res.resumed_from}→{res.steps} in {res.seconds:.1f} s "
               f"({res.blocks_per_s:.1f} anchor-blocks/s); drafter at {Path(a.out) / 'drafter'}")
         if last:
-            keys = ["loss", "ce", "tv", "conf", "tau_prob"] + [f"accept@{k}" for k in range(1, 4)]
+            keys = ["loss", "ce", "tv", "conf", "tau_prob", "tau_greedy"] + [f"accept@{k}" for k in range(1, 4)]
             print("last: " + json.dumps({k: round(last[k], 4) for k in keys if k in last}))
-            print("(accept@k = mean 1 − ½‖p_d − p_t‖₁ at block position k; tau_prob = 1 + Σ_k Π_{i≤k} accept_i per block)")
+            print("(accept@k = mean 1 − ½‖p_d − p_t‖₁ at block position k; tau_prob = 1 + Σ_k Π_{i≤k} accept_i per block;"
+                  " tau_greedy: the same with 1[argmax p_d = argmax p_t], T = 0)")
     return 0
 
 
@@ -153,6 +157,11 @@ def register(sub) -> None:
     p.add_argument("--alpha-ce", type=float, default=None)
     p.add_argument("--alpha-tv", type=float, default=None)
     p.add_argument("--alpha-conf", type=float, default=None)
+    p.add_argument("--conf-label", default="tv", choices=("tv", "greedy"),
+                   help="confidence-head label: tv = 1 − ½‖p_d − p_t‖₁ (the paper's; acceptance when "
+                        "sampling at T = 1), greedy = 1[argmax p_d = argmax p_t] (acceptance at T = 0)")
+    p.add_argument("--train-only", default=None, choices=("confidence",),
+                   help="train the confidence head alone (needs --init; the drafts stay unchanged)")
     p.add_argument("--chunk-rows", type=int, default=None, help="LM-head rows per chunk")
     p.add_argument("--max-len", type=int, default=4096)
     p.add_argument("--max-minutes", type=float, default=None,

@@ -2,8 +2,12 @@
 
 Scope: the objective of DESIGN.md §2 / paper eq. 9–12,
     L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf,   w_k = exp(−(k−1)/γ_w),
-with L_tv = Σ_k w_k ‖p_d,k − p_t,k‖₁ and the confidence label c*_k = 1 − ½‖p_d,k − p_t,k‖₁
-(detached). Two normalisations ("variants"):
+with L_tv = Σ_k w_k ‖p_d,k − p_t,k‖₁ and the confidence label (detached) chosen by ``conf_label``:
+- ``tv``:     c*_k = 1 − ½‖p_d,k − p_t,k‖₁, the paper's eq. 8 — the acceptance probability when
+              drafting and verifying by sampling at T = 1;
+- ``greedy``: c*_k = 1[argmax p_d,k = argmax p_t,k], the acceptance at T = 0 (greedy drafting and
+              verification), for a confidence head that serves greedy decoding.
+Two normalisations ("variants"):
 - ``paper``:    γ_w = γ (block size); each term is the per-block sum over k, averaged over blocks;
 - ``deepspec``: γ_w = 4; each term is the w-weighted mean over valid slots.
 The LM head over V (262 144 for Gemma) dominates the cost, so logits exist only for the valid
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 VARIANTS = ("paper", "deepspec")
+CONF_LABELS = ("tv", "greedy")
 
 
 @dataclass(frozen=True)
@@ -36,10 +41,13 @@ class LossConfig:
     alpha_tv: float = 0.9
     alpha_conf: float = 1.0
     gamma_w: float | None = None  # None: the variant's default (paper γ, deepspec 4)
+    conf_label: str = "tv"  # the confidence head's label: "tv" (T = 1) or "greedy" (T = 0)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"loss variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.conf_label not in CONF_LABELS:
+            raise ValueError(f"confidence label must be one of {CONF_LABELS}, got {self.conf_label!r}")
         if min(self.alpha_ce, self.alpha_tv, self.alpha_conf) < 0:
             raise ValueError("loss weights α must be ≥ 0")
         if self.gamma_w is not None and self.gamma_w <= 0:
@@ -72,11 +80,20 @@ class HeadTerms:
     l1: torch.Tensor  # [N] ‖p_d − p_t‖₁
     grad_h: torch.Tensor | None  # [N, H]
     grad_u: torch.Tensor | None  # [N, r]
+    match: torch.Tensor | None = None  # [N] 1.0 where argmax p_d = argmax p_t (T = 0 acceptance)
 
     @property
     def accept(self) -> torch.Tensor:
         """Analytic acceptance per row, 1 − ½‖p_d − p_t‖₁ ∈ [0, 1]."""
         return (1.0 - 0.5 * self.l1).clamp(0.0, 1.0)
+
+    def label(self, kind: str) -> torch.Tensor:
+        """The confidence label per row [N]: ``tv`` (``accept``) or ``greedy`` (``match``)."""
+        if kind == "tv":
+            return self.accept
+        if kind == "greedy":
+            return self.match
+        raise ValueError(f"confidence label must be one of {CONF_LABELS}, got {kind!r}")
 
 
 def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.Module | None,
@@ -102,6 +119,10 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
     p_t(v) = exp(z_v − lse) is its full-vocabulary distribution read on R, and
         ‖p_d − p_t‖₁ = Σ_{v∈R} |p_d(v) − p_t(v)| + (1 − Σ_{v∈R} p_t(v)),
     the second term being the target mass outside R (which the drafter can never propose).
+    ``match`` (greedy acceptance): the draft argmax equals the target argmax. With R, the target's
+    argmax over R is its full-vocabulary argmax when it holds at least the mass outside R, or when
+    it is the row's label (data regenerated greedily by the target); otherwise the row counts as
+    a rejection — a conservative label, exact on greedy-regenerated data.
     ``t_lse`` [N] is the cached full-vocabulary log-sum-exp per row; without it
     ``full_lse(t_last rows) → [m]`` computes it (the full head — slow, for old caches).
     ``t_head``: the head for the target rows (default ``head``) — e.g. an exact fp32 head for
@@ -112,6 +133,7 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
     hd = h.detach().requires_grad_(backward)
     ud = u.detach().requires_grad_(backward) if u is not None else None
     ce_all, l1_all = h.new_zeros(N, dtype=torch.float32), h.new_zeros(N, dtype=torch.float32)
+    match_all = h.new_zeros(N, dtype=torch.float32)
     need_tv = bool((coef_tv != 0).any()) or not backward
     if restricted and t_lse is None and full_lse is None:
         raise ValueError("a restricted draft vocabulary needs t_lse or full_lse")
@@ -141,13 +163,19 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
             l1 = (logp.exp() - pt).abs().sum(-1)
             if out_mass is not None:
                 l1 = l1 + out_mass
+            with torch.no_grad():
+                pt_max, t_arg = pt.max(-1)  # [m]
+                hit = z.detach().argmax(-1) == t_arg
+                if out_mass is not None:
+                    hit &= (pt_max >= out_mass) | (t_arg == lab)
+                match_all[sl] = hit.float()
             if backward:
                 loss = (coef_ce[sl] * ce).sum() + ((coef_tv[sl] * l1).sum() if need_tv else 0.0)
                 loss.backward()
         ce_all[sl], l1_all[sl] = ce.detach().float(), l1.detach().float()
         del z, logp, pt
     return HeadTerms(ce=ce_all, l1=l1_all, grad_h=hd.grad if backward else None,
-                     grad_u=ud.grad if (backward and ud is not None) else None)
+                     grad_u=ud.grad if (backward and ud is not None) else None, match=match_all)
 
 
 def confidence_terms(conf_logit: torch.Tensor, accept: torch.Tensor, coef: torch.Tensor

@@ -120,6 +120,8 @@ class TrainConfig:
     keep_ckpts: int = 2
     max_len: int = 4096
     head_bf16: bool = False  # drafter-side LM-head products in bf16 (CPU: ≈2× faster matmuls)
+    conf_label: str = "tv"  # confidence label: "tv" (paper eq. 8, T = 1) or "greedy" (T = 0)
+    train_only: str | None = None  # None: every parameter; "confidence": the confidence head alone
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -136,7 +138,14 @@ class TrainConfig:
         if (self.lr is not None and not self.lr > 0) or not 0 <= self.warmup_ratio < 1 \
                 or self.grad_clip < 0:
             raise ConfigError("lr must be > 0, warmup_ratio in [0, 1), grad_clip ≥ 0")
-        LossConfig(self.loss_variant, 0, 0, 0, self.gamma_w)  # validates variant and γ_w
+        try:
+            LossConfig(self.loss_variant, 0, 0, 0, self.gamma_w, self.conf_label)  # validates
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.train_only not in (None, "confidence"):
+            raise ConfigError(f"train_only must be None or 'confidence', got {self.train_only!r}")
+        if self.train_only == "confidence" and not METHOD_PRESETS[self.method]["confidence_head"]:
+            raise ConfigError(f"method {self.method} has no confidence head to train alone")
 
     def method_value(self, key: str):
         mine = getattr(self, key, None)
@@ -145,7 +154,7 @@ class TrainConfig:
     def loss_config(self) -> LossConfig:
         return LossConfig(self.loss_variant, self.method_value("alpha_ce"),
                           self.method_value("alpha_tv"), self.method_value("alpha_conf"),
-                          self.gamma_w)
+                          self.gamma_w, self.conf_label)
 
     def to_dict(self) -> dict:
         return asdict(self) | {"betas": list(self.betas)}
@@ -335,14 +344,15 @@ def bf16_head(drafter: DSparkDrafter, target):
 
 def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossConfig,
                  weights: torch.Tensor, den: torch.Tensor, chunk_rows: int, sums: StepSums,
-                 backward: bool = True, head_bf16: bool = False) -> None:
+                 backward: bool = True, head_bf16: bool = False, only_conf: bool = False) -> None:
     """Forward the packed blocks, compute the losses (normalised by ``den``), back-propagate
     into the drafter's parameters when ``backward``, and add the metric sums to ``sums``.
     ``head_bf16``: the drafter's head products (forward and backward into h) in bf16; the
-    target's p_t stays exact (float32 head rows)."""
+    target's p_t stays exact (float32 head rows). ``only_conf``: only the confidence loss is
+    back-propagated, into the confidence head alone (backbone and Markov head run without a graph)."""
     dev = target.device
     B, n, g = batch.valid.shape
-    with torch.set_grad_enabled(backward), _autocast(dev):
+    with torch.set_grad_enabled(backward and not only_conf), _autocast(dev):
         feats = drafter.context_features(batch.ctx_taps.to(dev))  # [B, C, H]
         ctx_kv = drafter.layer_kv(feats, batch.ctx_pos.to(dev))
         with torch.no_grad():
@@ -353,7 +363,8 @@ def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossCon
         conf = None
         if drafter.confidence is not None:
             e = drafter.markov.prev_embed(prev) if drafter.markov is not None else None
-            conf = drafter.confidence(h, e)  # [B, Q]
+            with torch.set_grad_enabled(backward):
+                conf = drafter.confidence(h, e)  # [B, Q]
     valid = batch.valid.view(-1).to(dev)
     rows = valid.nonzero().flatten()  # [N]
     if rows.numel() == 0:
@@ -376,20 +387,24 @@ def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossCon
                                head=head, t_last=t_last, t_key=b_of * batch.ctx_last.shape[1] + tpos,
                                labels=labels, coef_ce=loss.alpha_ce * w * inv_den,
                                coef_tv=loss.alpha_tv * w * inv_den, chunk_rows=chunk_rows,
-                               backward=backward, restricted=restricted, t_lse=t_lse,
-                               full_lse=full_lse, t_head=exact)
+                               backward=backward and not only_conf, restricted=restricted,
+                               t_lse=t_lse, full_lse=full_lse, t_head=exact)
     acc = terms.accept
+    lab_c = terms.label(loss.conf_label)  # [N] the confidence head's label
     conf_rows = conf.reshape(-1)[rows] if conf is not None else None
     if backward:
-        outs, grads = [h_rows], [terms.grad_h]
-        if u_rows is not None and terms.grad_u is not None:
-            outs.append(u_rows)
-            grads.append(terms.grad_u)
-        surrogate = sum((o.float() * gr.float()).sum() for o, gr in zip(outs, grads))
+        surrogate = torch.zeros((), device=dev)
+        if not only_conf:
+            outs, grads = [h_rows], [terms.grad_h]
+            if u_rows is not None and terms.grad_u is not None:
+                outs.append(u_rows)
+                grads.append(terms.grad_u)
+            surrogate = sum((o.float() * gr.float()).sum() for o, gr in zip(outs, grads))
         if conf_rows is not None and loss.alpha_conf > 0:
-            closs, bce = confidence_terms(conf_rows, acc, loss.alpha_conf * w * inv_den)
+            closs, bce = confidence_terms(conf_rows, lab_c, loss.alpha_conf * w * inv_den)
             surrogate = surrogate + closs
-        surrogate.backward()
+        if surrogate.requires_grad:
+            surrogate.backward()
     # metric sums (numerators with their denominators)
     sums.add("w_sum", w.sum())
     sums.add("blocks", batch.valid[..., 0].sum())
@@ -400,17 +415,18 @@ def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossCon
     if conf_rows is not None:
         c = torch.sigmoid(conf_rows.detach().float())
         bce = torch.nn.functional.binary_cross_entropy_with_logits(
-            conf_rows.detach().float(), acc, reduction="none")
+            conf_rows.detach().float(), lab_c, reduction="none")
         sums.add("conf_num", (w * bce).sum())
-        sums.add("conf_abs_num", (w * (c - acc).abs()).sum())
-        sums.add("conf_bias_num", (w * (c - acc)).sum())
-    acc3 = torch.zeros(B * n * g, device=dev)
-    acc3[rows] = acc
-    acc3 = acc3.view(B, n, g)
+        sums.add("conf_abs_num", (w * (c - lab_c).abs()).sum())
+        sums.add("conf_bias_num", (w * (c - lab_c)).sum())
     vd = batch.valid.to(dev)
-    sums.add("acc_pos_num", (acc3 * vd).sum((0, 1)))
+    for name, per_row in (("acc", acc), ("greedy", terms.match)):
+        a3 = torch.zeros(B * n * g, device=dev)
+        a3[rows] = per_row
+        a3 = a3.view(B, n, g)
+        sums.add(f"{name}_pos_num", (a3 * vd).sum((0, 1)))
+        sums.add(f"{name}_tau_num", (prob_tau(a3, vd) * vd[..., 0]).sum())
     sums.add("acc_pos_den", vd.float().sum((0, 1)))
-    sums.add("tau_num", (prob_tau(acc3, vd) * vd[..., 0]).sum())
     if loss.variant == "paper":  # per-block sums / blocks — what the optimised loss reports
         sums.add("den_paper", batch.valid[..., 0].sum())
 
@@ -419,7 +435,7 @@ def metrics_from(keys: list[str], vec: torch.Tensor, gamma: int, loss: LossConfi
     """Turn all-reduced sums into the logged metrics (definitions in the notes)."""
     d, i = {}, 0
     for k in keys:
-        size = gamma if k.startswith("acc_pos") else 1
+        size = gamma if "_pos_" in k else 1
         d[k] = vec[i: i + size]
         i += size
     w = float(d.get("w_sum", torch.zeros(1))[0])
@@ -442,7 +458,12 @@ def metrics_from(keys: list[str], vec: torch.Tensor, gamma: int, loss: LossConfi
     pos = (d["acc_pos_num"] / d["acc_pos_den"].clamp(min=1)).tolist()
     for k, a in enumerate(pos, 1):
         out[f"accept@{k}"] = a
-    out["tau_prob"] = float(d["tau_num"][0]) / blocks
+    out["tau_prob"] = float(d["acc_tau_num"][0]) / blocks
+    if "greedy_pos_num" in d:  # T = 0: the draft argmax equals the target argmax
+        gpos = (d["greedy_pos_num"] / d["acc_pos_den"].clamp(min=1)).tolist()
+        for k, a in enumerate(gpos, 1):
+            out[f"greedy@{k}"] = a
+        out["tau_greedy"] = float(d["greedy_tau_num"][0]) / blocks
     out["blocks"] = int(blocks)
     return out
 
@@ -469,6 +490,9 @@ def init_distributed() -> Dist:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     d = Dist(rank=dist.get_rank(), world=dist.get_world_size(),
              local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    if torch.cuda.is_available() and d.local_rank >= torch.cuda.device_count():
+        raise TrainError(f"local rank {d.local_rank} has no GPU ({torch.cuda.device_count()} visible): "
+                         f"start one process per GPU, or set CUDA_VISIBLE_DEVICES= to train on the CPU")
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // d.world))
     return d
@@ -655,6 +679,13 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
             source, dcfg.draft_vocab_size, target)
         drafter.set_draft_vocab(torch.tensor(vocab))
     drafter = drafter.to(target.device).train()
+    if cfg.train_only == "confidence":  # the rest stays as initialised (fine-tuning the head)
+        if init is None:
+            raise TrainError("training the confidence head alone needs an --init drafter")
+        for p in drafter.parameters():
+            p.requires_grad_(False)
+        for p in drafter.confidence.parameters():
+            p.requires_grad_(True)
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     start = 0
@@ -662,7 +693,8 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
     if last is not None:
         st = json.loads((last / "trainer_state.json").read_text())
         old = TrainConfig.from_dict(st["train_config"])
-        for k in ("batch_size", "num_anchors", "seed", "method", "block_size", "loss_variant"):
+        for k in ("batch_size", "num_anchors", "seed", "method", "block_size", "loss_variant",
+                  "conf_label", "train_only"):
             if getattr(old, k) != getattr(cfg, k):
                 raise TrainError(f"{out} holds a run with {k}={getattr(old, k)} (now {getattr(cfg, k)}); "
                                  f"resume with the same settings or use a new --out")
@@ -709,7 +741,8 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
                     batch = pack(items, [a for _, a, *_ in part], gamma=g,
                                  mask_token_id=dcfg.mask_token_id)
                     block_losses(drafter, target, batch, loss=loss, weights=weights, den=den,
-                                 chunk_rows=chunk, sums=sums, head_bf16=cfg.head_bf16)
+                                 chunk_rows=chunk, sums=sums, head_bf16=cfg.head_bf16,
+                                 only_conf=cfg.train_only == "confidence")
             # one all-reduce of all gradients (summed: the loss is already globally normalised)
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             flat = _all_reduce(torch.cat([gg.reshape(-1).float() for gg in grads]), d)
@@ -763,7 +796,7 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         log.close()
     if (done == cfg.steps or stopped is not None) and d.main:
         drafter.eval()
-        extra = {"step": str(done)} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
+        extra = {"step": str(done), "conf_label": cfg.conf_label} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
                                        if stopped is not None else {})
         drafter.save_pretrained(out / "drafter", extra=extra)
     secs = time.perf_counter() - t_run
