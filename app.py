@@ -186,6 +186,9 @@ def new_live(pool: ModelPool, *, prompt, target_spec, drafter_spec, gamma, tempe
         curve = _capacity_curve(pool, capacity, target_spec, notes)
     if drafter is None:
         raise UserError("drafter 'none' gives plain decoding only: pick a drafter")
+    note = drafter.confidence_note(float(temperature)) if hasattr(drafter, "confidence_note") else None
+    if note:
+        notes.append(note)
 
     def cfg(mode: str) -> DecodeConfig:
         return DecodeConfig(gamma=gamma, temperature=float(temperature), seed=int(seed),

@@ -96,6 +96,9 @@ def _cmd_trace(a: argparse.Namespace) -> int:
     tr = s.run(a.prompt)
     print(f"target: {tr.meta.target}   drafter: {label}   mode: {cfg.mode}   γ={cfg.gamma}   "
           f"T={cfg.temperature:g}   policy: {tr.meta.policy}")
+    note = drafter.confidence_note(cfg.temperature) if drafter is not None else None
+    if note:
+        print(f"note: {note}")
     print("-" * 72)
     print(a.prompt + tr.text)
     print("-" * 72)

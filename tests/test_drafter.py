@@ -141,3 +141,15 @@ def test_restricted_draft_vocabulary(tmp_path, tiny_qwen):
     assert torch.equal(E.draft_vocab, vocab) and E.draft_vocab.dtype == torch.long
     with pytest.raises(ValueError):
         D.set_draft_vocab(torch.arange(10))
+
+
+def test_confidence_note_names_a_temperature_mismatch(tiny_qwen):
+    d = make_drafter(tiny_qwen)
+    assert d.conf_label == "tv" and d.confidence_note(1.0) is None
+    assert "T = 1" in d.confidence_note(0.0)
+    d.conf_label = "greedy"
+    assert d.confidence_note(0.0) is None and "T = 0 (argmax match)" in d.confidence_note(0.7)
+    d.calibration, d.calibration_temperature = [1.0] * d.cfg.block_size, 1.0
+    note = d.confidence_note(0.0)
+    assert "STS calibration was fitted on T = 1" in note and "trained" not in note
+    assert make_drafter(tiny_qwen, "none", confidence_head=False).confidence_note(0.0) is None

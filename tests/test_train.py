@@ -316,6 +316,13 @@ def test_train_only_confidence_with_greedy_labels(e2e, capsys):
     assert hist[-1]["tau_prob"] == pytest.approx(hist[0]["tau_prob"], abs=0.5)  # drafts unchanged
     with safe_open(str(e2e / "conf-ft" / "drafter" / "model.safetensors"), "pt") as f:
         assert f.metadata()["conf_label"] == "greedy"
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession
+    from dspark_viz.targets import load_target
+    ft = DSparkDrafter.from_pretrained(e2e / "conf-ft" / "drafter")
+    assert ft.conf_label == "greedy" and DSparkDrafter.from_pretrained(src).conf_label == "tv"
+    tr = SpecSession(load_target("tiny:qwen3"), ft, DecodeConfig(gamma=4, max_new_tokens=8)).run("ab")
+    assert tr.meta.conf_label == "greedy"
     for extra, needle in ((["--train-only", "confidence"], "--init"),
                           (["--train-only", "confidence", "--init", str(src), "--method", "dflash"],
                            "confidence head")):

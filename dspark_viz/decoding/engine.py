@@ -334,7 +334,11 @@ class SpecSession:
                          calibrated=bool(cfg.calibrated and self.drafter is not None
                                          and self.drafter.calibration),
                          load=1 + (len(self.background.views()) if self.background else 0),
-                         capacity=getattr(self.capacity, "name", "") if self.capacity else "")
+                         capacity=getattr(self.capacity, "name", "") if self.capacity else "",
+                         conf_label=(getattr(self.drafter, "conf_label", "")
+                                     if getattr(self.drafter, "confidence", None) is not None else ""),
+                         calibration_temperature=(getattr(self.drafter, "calibration_temperature", None)
+                                                  if self.drafter is not None else None))
         vocab = {str(i): tok.token_text(i) for i in sorted(self._vocab_ids)}
         return Trace(version=SCHEMA_VERSION, meta=meta, rounds=list(rounds), summary=summary,
                      vocab=vocab, text=tok.decode(self.generated))

@@ -153,6 +153,8 @@ class TraceMeta:
     load: int = 1
     capacity: str = ""
     tau_convention: str = TAU_CONVENTION
+    conf_label: str = ""  # the confidence head's training label: "tv" (T = 1) / "greedy" (T = 0); "" none
+    calibration_temperature: float | None = None  # the sampling T of the rounds STS was fitted on
 
 
 @dataclass

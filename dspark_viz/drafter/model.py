@@ -104,6 +104,10 @@ class DSparkDrafter(nn.Module):
         self.confidence = (ConfidenceHead(H, cfg.markov_rank if cfg.has_markov else 0)
                            if cfg.confidence_head else None)
         self.calibration: list[float] | None = None  # STS temperatures per position
+        self.calibration_temperature: float | None = None  # the sampling T the STS rounds used
+        # what the confidence head was trained to predict: "tv" (T = 1 acceptance, the paper's
+        # label) or "greedy" (T = 0 argmax match); saved in the safetensors metadata
+        self.conf_label: str = "tv"
         for m in self.modules():
             if isinstance(m, nn.Linear) and m not in (getattr(self.markov, "w2", None),) and \
                     (self.confidence is None or m is not self.confidence.proj):
@@ -251,6 +255,22 @@ class DSparkDrafter(nn.Module):
                         conf_logit=torch.stack(confs, 1) if confs else None,
                         draft_ms=(t1 - t0) * 1e3, markov_ms=(t2 - t1) * 1e3)
 
+    def confidence_note(self, temperature: float) -> str | None:
+        """One line when the confidence head (or its STS fit) was made for another sampling
+        temperature than ``temperature`` — its c_k then estimate another acceptance; else None."""
+        if self.confidence is None:
+            return None
+        greedy = temperature == 0
+        parts = []
+        if (self.conf_label == "greedy") != greedy:
+            parts.append(f"its confidence head was trained on {'T = 0 (argmax match)' if self.conf_label == 'greedy' else 'T = 1 (1 − ½‖p_d − p_t‖₁)'} labels")
+        ct = self.calibration_temperature
+        if self.calibration is not None and ct is not None and (ct == 0) != greedy:
+            parts.append(f"its STS calibration was fitted on T = {ct:g} rounds")
+        if not parts:
+            return None
+        return f"sampling at T = {temperature:g}, but " + " and ".join(parts) + ": c_k may be off"
+
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (+ ``calibration.json``) atomically."""
@@ -261,9 +281,12 @@ class DSparkDrafter(nn.Module):
         cfg = self.cfg.to_dict() | {"model_type": "dspark_drafter", "format_version": FORMAT_VERSION}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
         sd = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"} | (extra or {}))
+        meta = {"format": "pt"} | ({"conf_label": self.conf_label} if self.confidence is not None else {})
+        save_file(sd, str(tmp / "model.safetensors"), metadata=meta | (extra or {}))
         if self.calibration is not None:
-            (tmp / "calibration.json").write_text(json.dumps({"temperatures": self.calibration}))
+            cal = {"temperatures": self.calibration} | (
+                {"temperature": self.calibration_temperature} if self.calibration_temperature is not None else {})
+            (tmp / "calibration.json").write_text(json.dumps(cal))
         path.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, path / f.name)
@@ -309,13 +332,22 @@ class DSparkDrafter(nn.Module):
             if v.shape != expected[k].shape:
                 raise DrafterError(f"{w_file}: {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}")
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
+        from safetensors import safe_open
+        with safe_open(str(w_file), "pt") as f:
+            label = (f.metadata() or {}).get("conf_label", "tv")
+        if label not in ("tv", "greedy"):
+            raise DrafterError(f"{w_file}: unknown conf_label {label!r} in its metadata (tv or greedy)")
+        model.conf_label = label
         cal = path / "calibration.json"
         if cal.exists():
             try:
-                temps = json.loads(cal.read_text())["temperatures"]
+                obj = json.loads(cal.read_text())
+                temps = obj["temperatures"]
                 if not (isinstance(temps, list) and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
                     raise ValueError("temperatures must be a list of positive numbers")
                 model.calibration = [float(t) for t in temps]
+                fit_t = obj.get("temperature")
+                model.calibration_temperature = float(fit_t) if isinstance(fit_t, (int, float)) else None
             except (ValueError, KeyError, TypeError) as e:
                 raise DrafterError(f"{cal}: malformed calibration ({e})") from None
         if device is not None or dtype is not None:

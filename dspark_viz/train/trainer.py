@@ -674,6 +674,7 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
                                  for k, v in init.state_dict().items()})
         if dcfg.restricted:
             drafter.set_draft_vocab(init.draft_vocab.detach().clone().cpu())
+        drafter.conf_label = getattr(init, "conf_label", "tv")
     elif dcfg.restricted:
         vocab = list(draft_vocab) if draft_vocab is not None else build_draft_vocab(
             source, dcfg.draft_vocab_size, target)
@@ -796,7 +797,9 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         log.close()
     if (done == cfg.steps or stopped is not None) and d.main:
         drafter.eval()
-        extra = {"step": str(done), "conf_label": cfg.conf_label} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
+        if drafter.confidence is not None and (cfg.train_only == "confidence" or cfg.method_value("alpha_conf") > 0):
+            drafter.conf_label = cfg.conf_label
+        extra = {"step": str(done)} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
                                        if stopped is not None else {})
         drafter.save_pretrained(out / "drafter", extra=extra)
     secs = time.perf_counter() - t_run
