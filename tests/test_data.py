@@ -329,3 +329,19 @@ def test_estimate_numbers_and_cli(capsys):
     assert "7,685 B/token" in capsys.readouterr().out
     assert main(["prepare", "estimate", "--num-samples", "10"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_builtin_tasks_cover_three_domains_and_stay_off_the_eval_prompts():
+    from dspark_viz.data.sources import near_duplicate, tasks
+    from dspark_viz.eval.prompts import builtin_sets
+    held_out = [t for ts in builtin_sets().values() for t in ts]
+    a, b = tasks(300, seed=5), tasks(300, seed=5)
+    assert [p.id for p in a] == [p.id for p in b] and len({p.id for p in a}) == 300
+    assert {p.source for p in a} == {"tasks-code", "tasks-math", "tasks-prose"}
+    assert all(p.raw_text() == p.turns[0] for p in a)  # raw mode sees the request itself
+    assert not any(near_duplicate(p.turns[0], held_out) for p in a)
+    assert all(near_duplicate(t, held_out) for t in held_out)
+    # the guard: same figures in other words, a shared 6-word run; generic openings pass
+    assert near_duplicate("Factor x² − 5x + 6 and use the factors to write down its roots.", held_out)
+    assert near_duplicate("Please describe a lighthouse keeper's morning on a rainy day.", held_out)
+    assert not near_duplicate("Write a Python function that counts the vowels in a string.", held_out)
