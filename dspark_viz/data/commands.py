@@ -165,7 +165,8 @@ def register(sub) -> None:
     q = ps.add_parser("prompts", help="collect prompts and write a train/validation split",
                       description="Read JSONL ({turns} / {conversations}), plain text, built-in "
                                   "offline sources (builtin:stdlib, builtin:pydoc, builtin:arithmetic, "
-                                  "builtin:instructions) or hub:NAME datasets; dedupe; split.")
+                                  "builtin:instructions, builtin:tasks — code / math / prose requests kept "
+                                  "off the held-out eval prompts) or hub:NAME datasets; dedupe; split.")
     q.add_argument("--source", action="append", required=True,
                    help="builtin:NAME, hub:NAME, or a .jsonl / text file (repeatable)")
     q.add_argument("--n", type=int, default=100, help="prompts per built-in / hub source")
