@@ -127,25 +127,24 @@ def section_rounds(t: Target, kind: str, drafter) -> dict:
 
 
 def section_train(t: Target, steps: int) -> dict:
+    """Drafter training steps on the embedded preset (2 layers, restricted vocabulary)."""
+    import tempfile
+
     from dspark_viz.train import trainer as T
     g = torch.Generator().manual_seed(0)
     n, L = (8, 96) if QUICK else (64, 384)
     samples = [{"id": f"s{i}", "input_ids": torch.randint(10, 30000, (L,), generator=g).tolist(),
                 "loss_spans": [[32, L]]} for i in range(n)]
-    res = {}
-    for label, over in (("embedded preset (2 layers, restricted vocab)", {}),):
-        cfg = T.resolve_config(T.TrainConfig(steps=steps, log_every=5, micro_batch=8, chunk_rows=1024), t)
-        dcfg = T.drafter_config(cfg, t, **over)
-        src = T.OnlineSource(samples, t, dcfg.target_layer_ids, L)
-        import tempfile
-        with tempfile.TemporaryDirectory() as d:
-            r = T.train(t, src, d, cfg, drafter_cfg=dcfg, progress=False)
-        res[label] = {"steps": r.steps, "seconds": round(r.seconds, 2),
-                      "anchor_blocks_per_s": round(r.blocks_per_s, 1),
-                      "last": {k: round(v, 4) for k, v in r.history[-1].items()
-                               if k in ("loss", "tau_prob", "blocks_per_s")},
-                      "note": "includes the online target forward per item (no cache)"}
-    return res
+    cfg = T.resolve_config(T.TrainConfig(steps=steps, log_every=5, micro_batch=8, chunk_rows=1024), t)
+    dcfg = T.drafter_config(cfg, t)
+    src = T.OnlineSource(samples, t, dcfg.target_layer_ids, L)
+    with tempfile.TemporaryDirectory() as d:
+        r = T.train(t, src, d, cfg, drafter_cfg=dcfg, progress=False)
+    return {"preset": "embedded (2 layers, restricted vocab)", "steps": r.steps,
+            "seconds": round(r.seconds, 2), "anchor_blocks_per_s": round(r.blocks_per_s, 1),
+            "last": {k: round(v, 4) for k, v in r.history[-1].items()
+                     if k in ("loss", "tau_prob", "blocks_per_s")},
+            "note": "includes the online target forward per item (no cache)"}
 
 
 def main() -> int:
