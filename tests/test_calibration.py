@@ -56,6 +56,22 @@ def test_metric_edge_cases():
         C.ece([0.1, 0.2], [1])
 
 
+def test_ece_floor_matches_the_binomial_scatter():
+    """All predictions ½ in one bin: the floor is E|Binomial(N, ½)/N − ½| (exact sum), it shrinks
+    like 1/√N, is 0 for certain predictions and is reproducible for a seed."""
+    from math import comb
+    for n in (10, 40):
+        exact = sum(comb(n, j) * 0.5 ** n * abs(j / n - 0.5) for j in range(n + 1))
+        assert C.ece_floor(np.full(n, 0.5), n_bins=10, n_sims=20000) == pytest.approx(exact, rel=0.03)
+    small, big = (C.ece_floor(np.full(n, 0.3), n_sims=400) for n in (100, 10000))
+    assert big == pytest.approx(small / 10, rel=0.2)
+    assert C.ece_floor(np.array([0.0, 1.0, 1.0])) == 0.0 and C.ece_floor([]) == 0.0
+    p = np.random.default_rng(0).random(500)
+    assert C.ece_floor(p, seed=4) == C.ece_floor(p, seed=4)
+    with pytest.raises(C.CalibrationError):
+        C.ece_floor(p, n_sims=0)
+
+
 def _synthetic(n, rng, gamma=7, overconfidence=3.0):
     z = rng.normal(1.0, 1.5, (n, gamma)) - 0.1 * np.arange(gamma)  # true logits of c_k
     accept = rng.random((n, gamma)) < C.sigmoid(z)

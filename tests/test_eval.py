@@ -135,7 +135,9 @@ def test_figures_build_from_a_report():
     count_axes = [ax for name, ax in f.layout.to_plotly_json().items()
                   if name.startswith("yaxis") and ax.get("overlaying")]
     assert len(count_axes) == 2 and count_axes[0]["range"] == count_axes[1]["range"]
-    ef.calibration_summary_figure(cal)
+    f = ef.calibration_summary_figure(cal)
+    floor = [t for t in f.data if t.name.startswith("ECE floor")]
+    assert len(floor) == 1 and list(floor[0].y) == [r["ece_floor"] for r in cal["after"]]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -193,6 +195,30 @@ def test_calibrate_command_writes_calibration_json(tmp_path, cli_on_tiny, tiny_q
     assert (tmp_path / "cf" / "reliability.html").exists()
     rep = json.loads((tmp_path / "c.json").read_text())
     assert rep["report_on"] == "held-out" and len(rep["report"]["before"]) == 3
+
+
+def test_calibrate_saved_traces_refit_identically(tmp_path, cli_on_tiny, tiny_qwen, capsys):
+    """--save-traces writes the decoded rounds; --traces on them fits the same temperatures, and
+    traces from another γ are refused with a one-line error that writes nothing."""
+    from conftest import make_drafter
+    make_drafter(tiny_qwen).save_pretrained(tmp_path / "dr")
+    common = ["calibrate", "--drafter", str(tmp_path / "dr"), "--gamma", "3", "--holdout", "0.34",
+              "--quiet", "--dry-run"]
+    assert cli_on_tiny(common + ["--prompts", "math", "--samples", "3", "--max-new-tokens", "8",
+                                 "--save-traces", str(tmp_path / "tr"),
+                                 "--json", str(tmp_path / "a.json")]) == 0
+    assert len(list((tmp_path / "tr").glob("*.json"))) == 3
+    assert cli_on_tiny(common + ["--traces", str(tmp_path / "tr"), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["temperatures"] == b["temperatures"] and a["report"] == b["report"]
+    capsys.readouterr()
+    assert cli_on_tiny(["calibrate", "--drafter", str(tmp_path / "dr"), "--gamma", "4", "--quiet",
+                        "--traces", str(tmp_path / "tr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "γ=3" in err and "γ=4" in err and "\n" not in err
+    assert not (tmp_path / "dr" / "calibration.json").exists()
+    assert cli_on_tiny(common + ["--traces", str(tmp_path / "tr"), "--save-traces", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_png_export_when_chromium_is_available(tmp_path):

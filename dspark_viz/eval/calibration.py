@@ -38,6 +38,9 @@ DEFINITIONS = {
     "auroc": "area under the ROC curve of the predicted probability for y (Mann–Whitney, ties "
              "count ½); None when all outcomes are equal",
     "brier": "mean (predicted − y)²",
+    "ece_floor": "mean ECE of the same predictions against outcomes drawn from them (y ~ "
+                 "Bernoulli(predicted), 200 seeded draws): what a perfectly calibrated predictor "
+                 "would measure on this many rounds",
     "target": "predicted a_k = Π_{i≤k} c_i vs y_k = 1 iff the first k drafts were all accepted",
 }
 _EPS = 1e-12
@@ -123,6 +126,23 @@ def ece(pred, y, n_bins: int = DEFAULT_BINS) -> float:
     sp = np.bincount(idx, weights=pred, minlength=n_bins)
     sy = np.bincount(idx, weights=y, minlength=n_bins)
     return float(np.abs(sp - sy).sum() / pred.size)
+
+
+def ece_floor(pred, n_bins: int = DEFAULT_BINS, n_sims: int = 200, seed: int = 0) -> float:
+    """Expected ECE of a *perfectly calibrated* predictor with these predictions: the mean ECE of
+    ``pred`` against outcomes drawn y ~ Bernoulli(pred), over ``n_sims`` draws (seeded).
+
+    The finite-sample level below which a measured ECE says nothing: with N rounds, each bin's
+    observed rate scatters by about √(p(1−p)/n_b) even when p is exact.
+    """
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    if pred.size == 0:
+        return 0.0
+    if n_sims < 1:
+        raise CalibrationError(f"ece_floor needs n_sims ≥ 1, got {n_sims}")
+    rng = np.random.default_rng(seed)
+    return float(np.mean([ece(pred, (rng.random(pred.size) < pred).astype(np.float64), n_bins)
+                          for _ in range(n_sims)]))
 
 
 def auroc(pred, y) -> float | None:
@@ -238,6 +258,7 @@ def position_report(data: CalibrationData, temps: Sequence[float] | None,
                     "brier": brier(p, y) if m.any() else None,
                     "mean_pred": float(p.mean()) if m.any() else None,
                     "observed": float(y.mean()) if m.any() else None,
+                    "ece_floor": ece_floor(p, n_bins) if m.any() else None,
                     "bins": reliability_bins(p, y, n_bins)})
     return out
 

@@ -217,7 +217,12 @@ def _calibration_traces(a, target, drafter) -> list:
             files.extend(sorted(p.rglob("*.json")) if p.is_dir() else [p])
         if not files:
             raise CLIError("--traces: no trace files found")
-        return [Trace.load(f) for f in files]
+        traces = [Trace.load(f) for f in files]
+        for f, t in zip(files, traces):
+            if t.meta.target != target.name or t.meta.gamma != a.gamma:
+                raise CLIError(f"--traces: {f} was recorded on {t.meta.target} at γ={t.meta.gamma}, "
+                               f"not on {target.name} at γ={a.gamma}")
+        return traces
     sets = _datasets(a)
     prompts = [t for ps in sets.values() for t in (ps[: a.samples] if a.samples else ps)]
     settings = EvalSettings(gamma=a.gamma, temperatures=(a.temperature,),
@@ -234,6 +239,11 @@ def _calibration_traces(a, target, drafter) -> list:
         tr, _ = decode_batch(target, run, chunk, settings, a.temperature,
                              [a.seed + b + i for i in range(len(chunk))])
         traces.extend(tr)
+    if a.save_traces is not None:
+        a.save_traces.mkdir(parents=True, exist_ok=True)
+        for i, t in enumerate(traces):
+            t.save(a.save_traces / f"{i:04d}.json")
+        print(f"{len(traces)} traces written under {a.save_traces} (reusable by --traces)")
     return traces
 
 
@@ -248,6 +258,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         raise CLIError(f"--temperature must be ≥ 0, got {a.temperature}")
     if a.bins < 2:
         raise CLIError(f"--bins must be ≥ 2, got {a.bins}")
+    if a.traces and a.save_traces is not None:
+        raise CLIError("--save-traces writes decoded rounds: it does not go with --traces")
     target = load_target(a.target, device=a.device)
     if a.drafter == "default":
         path = shipped_drafter_path(target.name, "dspark")
@@ -272,7 +284,7 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     print(f"prompts: {len(fit_tr)} fitting ({len(fit_data)} rounds), {len(ho_idx)} held-out "
           f"({len(ho_data) if len(ho_idx) else 0} rounds); report on the {where} rounds")
     head = (f"{'k':>2} {'T_k':>6} {'n':>5} {'ECE raw→STS':>15} {'AUROC raw/STS':>14} "
-            f"{'Brier raw→STS':>15} {'mean a_k raw→STS':>17} {'observed':>8}")
+            f"{'Brier raw→STS':>15} {'mean a_k raw→STS':>17} {'observed':>8} {'floor':>6}")
     print(head)
     print("-" * len(head))
 
@@ -284,14 +296,16 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
               f"{f(b['ece'], '.1%'):>7}→{f(t['ece'], '.1%'):<7} "
               f"{f(b['auroc'], '.3f'):>6}/{f(t['auroc'], '.3f'):<7} "
               f"{f(b['brier'], '.3f'):>7}→{f(t['brier'], '.3f'):<7} "
-              f"{f(b['mean_pred'], '.3f'):>8}→{f(t['mean_pred'], '.3f'):<8} {f(b['observed'], '.3f'):>8}")
+              f"{f(b['mean_pred'], '.3f'):>8}→{f(t['mean_pred'], '.3f'):<8} {f(b['observed'], '.3f'):>8} "
+              f"{f(t['ece_floor'], '.1%'):>6}")
     print(f"mean ECE {f(rep_ho['mean_ece_before'], '.2%')} → {f(rep_ho['mean_ece_after'], '.2%')}")
-    print(f"({C.DEFINITIONS['target']}; ECE: {C.DEFINITIONS['ece']})")
+    print(f"({C.DEFINITIONS['target']}; ECE: {C.DEFINITIONS['ece']}; floor: "
+          f"{C.DEFINITIONS['ece_floor']})")
     compact = [{"k": b["k"], "T": fit.temperatures[i], "n": b["n"], "ece_before": b["ece"],
                 "ece_after": t["ece"], "auroc_before": b["auroc"], "auroc_after": t["auroc"],
                 "brier_before": b["brier"], "brier_after": t["brier"],
                 "mean_pred_before": b["mean_pred"], "mean_pred_after": t["mean_pred"],
-                "observed": b["observed"]}
+                "observed": b["observed"], "ece_floor": t["ece_floor"]}
                for i, (b, t) in enumerate(zip(rep_ho["before"], rep_ho["after"]))]
     extra = {"n_bins": a.bins, "gamma": a.gamma, "temperature": a.temperature,
              "fit_rounds": len(fit_data), "report_on": where, "per_position": compact,
@@ -365,6 +379,9 @@ def register(sub) -> None:
     c.add_argument("--traces", action="append", type=Path, default=None,
                    help="trace files or directories to use instead of decoding (rounds recorded "
                         "at fixed ℓ = γ); repeatable")
+    c.add_argument("--save-traces", type=Path, default=None,
+                   help="directory to write the decoded traces (reusable by --traces: several "
+                        "processes can decode parts of a prompt set, one calibrate reads them all)")
     c.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of prompts (traces) held out for the report (default 0.3)")
     c.add_argument("--bins", type=int, default=10, help="equal-width ECE bins (default 10)")

@@ -207,6 +207,10 @@ def calibration_summary_figure(cal: dict) -> go.Figure:
                         row=1, col=2)
     fig.add_scatter(x=ks, y=[r["observed"] for r in cal["before"]], mode="lines+markers",
                     name="observed", line={"color": RATE}, row=1, col=2)
+    if all(r.get("ece_floor") is not None for r in cal["after"]):
+        fig.add_scatter(x=ks, y=[r["ece_floor"] for r in cal["after"]], mode="lines",
+                        name="ECE floor (sampling noise at this n)",
+                        line={"color": "#888", "dash": "dot"}, row=1, col=1)
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
     fig.update_xaxes(title_text="draft position k", dtick=1)
     fig.update_layout(template="plotly_white", height=380, title=_title(
