@@ -211,7 +211,7 @@ def calibration_summary_figure(cal: dict) -> go.Figure:
         fig.add_scatter(x=ks, y=[r["ece_floor"] for r in cal["after"]], mode="lines",
                         name="ECE floor (sampling noise at this n)",
                         line={"color": "#888", "dash": "dot"}, row=1, col=1)
-    fig.update_yaxes(tickformat=".0%", row=1, col=1)
+    fig.update_yaxes(tickformat=".1%", rangemode="tozero", row=1, col=1)
     fig.update_xaxes(title_text="draft position k", dtick=1)
     fig.update_layout(template="plotly_white", height=380, title=_title(
         "STS per position", "temperatures " + ", ".join(f"{t:.2f}" for t in cal["temperatures"])))
