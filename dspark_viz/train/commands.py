@@ -22,7 +22,6 @@ PRESET_FIELDS = ("batch_size", "micro_batch", "num_anchors", "lr", "chunk_rows")
 
 def _cmd_train(a) -> int:
     import torch
-    from dspark_viz.data.cache import TargetCache
     from dspark_viz.train import trainer as T
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -33,6 +32,16 @@ def _cmd_train(a) -> int:
     if a.train_only == "confidence" and a.init is None:
         raise CLIError("--train-only confidence fine-tunes a drafter's confidence head: add --init DIR|default")
     d = T.init_distributed()
+    try:
+        return _train_ranked(a, d)
+    finally:
+        T.close_distributed(d)
+
+
+def _train_ranked(a, d) -> int:
+    import torch
+    from dspark_viz.data.cache import TargetCache
+    from dspark_viz.train import trainer as T
     dev = f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu"
     target = load_target(a.target, device=dev)
     kw = {k: getattr(a, k) for k in PRESET_FIELDS if getattr(a, k) is not None}

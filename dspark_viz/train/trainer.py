@@ -498,6 +498,17 @@ def init_distributed() -> Dist:
     return d
 
 
+def close_distributed(d: Dist) -> None:
+    """Leave the process group (a no-op for one rank). Without it, gloo's worker threads can
+    outlive the interpreter's teardown and abort the process at exit ("terminate called without
+    an active exception") after a finished run."""
+    if d.world <= 1:
+        return
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _all_reduce(t: torch.Tensor, d: Dist) -> torch.Tensor:
     if d.world > 1:
         import torch.distributed as dist
