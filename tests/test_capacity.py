@@ -120,3 +120,21 @@ def test_profile_cli_preset_and_errors(tmp_path, capsys):
     assert main(["profile", "--preset", "z9-foo"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("dspark-viz: error: unknown capacity preset") and err.count("\n") == 1
+
+
+def test_profile_with_drafter_times_whole_steps(tiny_qwen, tmp_path):
+    """--drafter: every B carries the same measured drafting time on top of the verify pass."""
+    from conftest import make_drafter
+    D = make_drafter(tiny_qwen)
+    c = profile_target(tiny_qwen, [1, 4], context_len=16, repeats=3, drafter=D, gamma=5,
+                       drafter_name="tiny")
+    d = c.meta["draft_ms"]
+    assert d > 0 and c.meta["gamma"] == 5 and c.meta["drafter"] == "tiny"
+    assert all(t > d for t in c.step_ms) and "drafting" in c.meta["statistic"]
+    assert CapacityCurve.from_json(c.to_json(tmp_path / "s.json")) == c
+
+
+def test_profile_cli_drafter_errors(capsys):
+    from dspark_viz.cli import main
+    assert main(["profile", "--target", "tiny:qwen3", "--drafter", "none", "--out", "x.json"]) == 2
+    assert "--drafter none" in capsys.readouterr().err

@@ -66,3 +66,26 @@ def test_embedded_fast_head_matches_fp32(embedded_target):
     top = ref.topk(32, dim=-1).indices
     torch.testing.assert_close(out.logits[0].gather(-1, top), ref.gather(-1, top),
                                rtol=1e-5, atol=1e-4)
+
+
+def test_fast_draft_head_keeps_candidates_exact_and_greedy_equal():
+    """With the bf16 CPU head, a restricted drafter's head runs in bf16 at inference too: the
+    K candidates the sequential stage keeps carry their exact fp32 logits, training keeps the
+    fp32 product, and speculative greedy output still equals plain decoding."""
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession, plain_decode
+    T = tiny_target(family="gemma3", vocab_size=2048, seed=1)
+    use_fast_head(T.model, exact_k=8)
+    D = make_drafter(T, draft_vocab_size=512)
+    D.set_draft_vocab(torch.arange(4, 4 + 512))
+    h = torch.randn(1, 5, T.hidden_size, generator=torch.Generator().manual_seed(0))
+    ref = D.draft_logits(T, h)  # exact_k = 0: the fp32 product (training)
+    fast = D.draft_logits(T, h, exact_k=32)
+    top = ref.topk(24, dim=-1).indices  # (the 32nd may sit past bf16's own top 32)
+    torch.testing.assert_close(fast.gather(-1, top), ref.gather(-1, top), rtol=1e-6, atol=1e-5)
+    assert not torch.equal(fast, ref)  # the tail is the bf16 product
+    assert "_fast_head" not in dict(D.named_modules())
+    cfg = DecodeConfig(gamma=4, max_new_tokens=24, draft_candidates=32)
+    s = SpecSession(T, D, cfg)
+    s.run("The quick brown fox")
+    assert s.generated == plain_decode(T, "The quick brown fox", cfg)

@@ -23,6 +23,7 @@ from dspark_viz.config import DRAFTER_PRESETS, ConfigError, DrafterConfig
 from dspark_viz.decoding.sampling import draw, warp
 from dspark_viz.drafter.backbone import DraftLayer, RMSNorm
 from dspark_viz.drafter.markov import ConfidenceHead, MarkovHead
+from dspark_viz.targets import Bf16Head
 
 FORMAT_VERSION = 1
 
@@ -101,6 +102,7 @@ class DSparkDrafter(nn.Module):
         self.register_buffer("draft_vocab", torch.arange(Vd, dtype=torch.long), persistent=cfg.restricted)
         self._index_of: torch.Tensor | None = None  # [V] target id → draft index (Vd = OOV)
         self._head: tuple[int, torch.Tensor] | None = None  # cached sliced LM head weight
+        self._fast_head: tuple[int, nn.Module] | None = None  # (exact_k, Bf16Head over those rows)
         self.confidence = (ConfidenceHead(H, cfg.markov_rank if cfg.has_markov else 0)
                            if cfg.confidence_head else None)
         self.calibration: list[float] | None = None  # STS temperatures per position
@@ -122,7 +124,7 @@ class DSparkDrafter(nn.Module):
         if int(ids[0]) < 0 or int(ids[-1]) >= self.cfg.vocab_size:
             raise ValueError("draft vocab ids outside the target vocabulary")
         self.draft_vocab = ids.to(self.draft_vocab.device)
-        self._index_of, self._head = None, None
+        self._index_of, self._head, self._fast_head = None, None, None
 
     def to_draft_index(self, ids: torch.Tensor) -> torch.Tensor:
         """Target token ids […] → draft-vocabulary indices […]; Vd for ids outside it."""
@@ -135,15 +137,30 @@ class DSparkDrafter(nn.Module):
             self._index_of = idx
         return self._index_of[ids]
 
-    def draft_logits(self, target, h: torch.Tensor) -> torch.Tensor:
+    def draft_logits(self, target, h: torch.Tensor, exact_k: int = 0) -> torch.Tensor:
         """h […, H] → base logits […, Vd] through the target's frozen LM head (its rows for the
-        draft vocabulary when restricted; the whole head otherwise)."""
+        draft vocabulary when restricted; the whole head otherwise).
+
+        ``exact_k`` > 0 (inference): when the target runs the bf16 CPU head (``Bf16Head``), the
+        restricted rows do too — the product in bf16, the ``exact_k`` largest logits rescored in
+        fp32 — so the candidates the sequential stage keeps carry their exact logits; about 2.5×
+        faster than the fp32 product for a block of 7 (3.6 vs 8.6 ms over 16 384 rows here).
+        Lossless either way: verification uses the q the drafter actually drew from.
+        ``exact_k`` = 0 (training, full-vocabulary drafting): the fp32 product."""
         if not self.cfg.restricted:
             return target.logits(h.to(target.dtype))
-        w_full = target.model.get_output_embeddings().weight
+        out_head = target.model.get_output_embeddings()
+        w_full = out_head.weight
         if self._head is None or self._head[0] != id(w_full) or self._head[1].device != w_full.device:
             self._head = (id(w_full), w_full.detach()[self.draft_vocab.to(w_full.device)].contiguous())
-        z = torch.nn.functional.linear(h.to(w_full.dtype), self._head[1]).float()
+            self._fast_head = None
+        if exact_k > 0 and isinstance(out_head, Bf16Head):
+            if self._fast_head is None or self._fast_head[0] != exact_k:
+                # kept in a tuple: not a submodule (``.float()`` must not touch its bf16 copy)
+                self._fast_head = (exact_k, Bf16Head(self._head[1], exact_k))
+            z = self._fast_head[1](h.to(w_full.dtype))
+        else:
+            z = torch.nn.functional.linear(h.to(w_full.dtype), self._head[1]).float()
         if target.softcap:
             z = torch.tanh(z / target.softcap) * target.softcap
         return z
@@ -213,7 +230,8 @@ class DSparkDrafter(nn.Module):
         B = anchor.shape[0]
         pos = torch.arange(cache.length, cache.length + gamma, device=anchor.device)
         h = self.backbone(self.block_inputs(target, anchor, gamma), pos.expand(B, -1), cache.kv)
-        base = self.draft_logits(target, h)  # [B, γ, Vd] (Vd = V unless restricted)
+        # [B, γ, Vd] (Vd = V unless restricted); the K candidates' logits exact
+        base = self.draft_logits(target, h, exact_k=max(candidates, 0))
         V, Vd = target.vocab_size, base.shape[-1]
         vocab = self.draft_vocab if self.cfg.restricted else None  # draft index → target id
         if 0 < candidates < Vd:

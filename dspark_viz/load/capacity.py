@@ -326,12 +326,20 @@ def resolve_capacity(spec: "str | os.PathLike | CapacityCurve", **kw) -> Capacit
 # ----------------------------------------------------------------------------- profiling
 def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128,
                    repeats: int = 3, warmup: int = 1, seed: int = 0, progress=None,
-                   name: str | None = None) -> CapacityCurve:
+                   name: str | None = None, drafter=None, gamma: int = 7,
+                   drafter_name: str = "") -> CapacityCurve:
     """Time one ``Target.forward`` of B tokens after a context of ``context_len`` tokens.
 
     The context is prefilled once with random token ids; each measurement forwards B new
     tokens and crops the cache back, so every pass sees the same context (the verify pass of
     one request with B = ℓ + 1 tokens). The median of ``repeats`` timed passes is kept.
+
+    With a ``drafter``: the curve times a whole speculative step of one request — drafting γ
+    tokens (the median of ``repeats`` ``propose`` calls on the same context, added to every B)
+    plus the verify forward of B tokens *with* the drafter's hidden-state taps. Where drafting
+    is not negligible next to a verify pass (a CPU), Θ = τ*·SPS(B) then compares the real
+    round times: admitting a draft token costs t(B+1) − t(B), against a base t_draft + t(1)
+    that the round pays whatever ℓ is chosen.
     """
     import torch
 
@@ -349,7 +357,11 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
     sync = (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))
     ctx = torch.randint(4, hi, (1, context_len), generator=g).to(dev)
     cache = target.new_cache()
-    target.forward(ctx, cache)
+    taps = tuple(drafter.cfg.target_layer_ids) if drafter is not None else ()
+    out = target.forward(ctx, cache, taps)
+    draft_ms = 0.0
+    if drafter is not None:
+        draft_ms = _time_drafting(drafter, target, out.taps, gamma, warmup, repeats, g, sync)
     times = []
     for i, B in enumerate(bs):
         x = torch.randint(4, hi, (1, B), generator=g).to(dev)
@@ -357,13 +369,13 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
         for rep in range(warmup + repeats):
             sync()
             t0 = time.perf_counter()
-            target.forward(x, cache)
+            target.forward(x, cache, taps)
             sync()
             dt = (time.perf_counter() - t0) * 1e3
             target.crop(cache, context_len)
             if rep >= warmup:
                 samples.append(dt)
-        times.append(float(np.median(samples)))
+        times.append(float(np.median(samples)) + draft_ms)
         if progress is not None:
             progress(i + 1, len(bs), B, times[-1])
     dev_name = str(dev)
@@ -374,9 +386,36 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
             "repeats": repeats, "statistic": "median step time of one forward of B tokens",
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "torch": torch.__version__}
+    if drafter is not None:
+        meta.update(statistic=f"median time of drafting γ = {gamma} tokens ({draft_ms:.2f} ms, "
+                              "added to every B) + median time of one verify forward of B "
+                              "tokens with the drafter's taps",
+                    draft_ms=draft_ms, gamma=gamma, drafter=drafter_name or "drafter")
     return CapacityCurve(name=name or f"profile:{target.name}@{dev.type}", kind="profiled",
                          batch=tuple(bs), step_ms=tuple(times), interp="linear",
                          context_len=context_len, meta=meta)
+
+
+def _time_drafting(drafter, target, taps, gamma: int, warmup: int, repeats: int, gen,
+                   sync) -> float:
+    """Median ms of one ``propose`` of γ tokens (T = 0) on a context of target taps [1, C, L·H]."""
+    import torch
+
+    from dspark_viz.drafter.model import ContextCache
+
+    ctx = ContextCache()
+    drafter.extend_context(ctx, taps)
+    anchor = torch.tensor([5], device=taps.device)
+    samples = []
+    with torch.inference_mode():
+        for rep in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
+            drafter.propose(target, ctx, anchor, gamma=gamma, temperature=0.0, gen=gen)
+            sync()
+            if rep >= warmup:
+                samples.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(samples))
 
 
 __all__ = ["CapacityCurve", "CapacityError", "Roofline", "get_curve", "preset_names",

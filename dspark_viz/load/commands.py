@@ -33,14 +33,26 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     else:
         bs = _ints(a.batch_sizes)
         target = load_target(a.target, device=a.device)
+        drafter = None
+        if a.drafter:
+            from dspark_viz.drafter.registry import resolve_drafter
+            drafter, dname = resolve_drafter(a.drafter, target)
+            if drafter is None:
+                raise CLIError("--drafter none: profile the target alone by leaving --drafter out")
+            if not 1 <= a.gamma <= 16:
+                raise CLIError(f"--gamma must be in 1..16, got {a.gamma}")
 
         def prog(i, n, B, ms):
             print(f"  [{i}/{n}] B={B:<5d} {ms:9.2f} ms/step  {1e3 / ms:9.1f} SPS", flush=True)
 
-        print(f"profiling {target.name} on {target.device}: context {a.context_len} tokens, "
-              f"median of {a.repeats} passes")
+        what = f" + drafting γ = {a.gamma} tokens" if drafter is not None else ""
+        print(f"profiling {target.name}{what} on {target.device}: context {a.context_len} "
+              f"tokens, median of {a.repeats} passes")
         curve = profile_target(target, bs, context_len=a.context_len, repeats=a.repeats,
-                               progress=prog)
+                               progress=prog, drafter=drafter, gamma=a.gamma,
+                               drafter_name=dname if drafter is not None else "")
+        if drafter is not None:
+            print(f"  drafting: {curve.meta['draft_ms']:.2f} ms per step (included above)")
     if a.out is None and not a.preset:
         raise CLIError("--out is required to save a profile")
     for B in (1, 4, 16, 64, 256, 1024):
@@ -113,6 +125,10 @@ def register(sub) -> None:
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     p.add_argument("--context-len", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--drafter", default=None,
+                   help="also time drafting γ tokens with this drafter ('default', a checkpoint) "
+                        "and profile whole speculative steps: drafting + verify of B tokens")
+    p.add_argument("--gamma", type=int, default=7, help="block size drafted per step (--drafter)")
     p.add_argument("--preset", default=None, help="write this roofline/jagged preset instead")
     p.add_argument("--list-presets", action="store_true")
     p.add_argument("--out", type=Path, default=None)
