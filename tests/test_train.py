@@ -347,3 +347,62 @@ def test_train_init_fine_tunes_and_refuses_mismatches(e2e, capsys):
         rc = main(base + ["--out", str(e2e / "init-bad")] + extra)
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)
+
+
+def test_walk_anchors_hand_built():
+    """Rounds start at a, then a + (leading matches) + 1; the walk ends past the candidates."""
+    cand = torch.arange(3, 11)  # 3..10
+    match = torch.zeros(8, 3, dtype=torch.long)
+    valid = torch.ones(8, 3, dtype=torch.bool)
+    match[0] = torch.tensor([1, 1, 0])  # a = 3: 2 accepted → next round at 6
+    match[3] = torch.tensor([0, 1, 1])  # a = 6: the first draft rejected → 7
+    match[4] = torch.tensor([1, 1, 1])  # a = 7: all γ accepted (+ bonus) → 11: past the end
+    match[1] = torch.tensor([1, 1, 1])  # a = 4 is never a round start: no effect
+    assert A.walk_anchors(cand, match, valid).tolist() == [3, 6, 7]
+    valid[4, 1:] = False  # at 7 only one slot lies inside the answer: 1 accepted → 9
+    match[6] = torch.tensor([0, 0, 0])  # a = 9 → 10
+    assert A.walk_anchors(cand, match, valid).tolist() == [3, 6, 7, 9, 10]
+    assert A.walk_anchors(torch.zeros(0, dtype=torch.long), match[:0], valid[:0]).numel() == 0
+    g = torch.Generator().manual_seed(0)
+    among = torch.tensor([3, 6, 7])
+    assert A.sample_anchors(torch.ones(12, dtype=torch.bool), 16, g, among).tolist() == [3, 6, 7]
+    assert set(A.sample_anchors(torch.ones(12), 2, g, among).tolist()) <= {3, 6, 7}
+
+
+def test_round_anchors_are_the_rounds_of_greedy_decoding(e2e, capsys):
+    """The walk over teacher-forced matches lands exactly where fixed-γ T = 0 decoding started
+    its rounds on the same (greedy) text; --conf-anchors rounds trains from them."""
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession
+    from dspark_viz.targets import load_target
+    base = ["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--no-progress"]
+    src = e2e / "walk-src"
+    assert main(base + ["--out", str(src), "--steps", "60", "--log-every", "60"]) == 0
+    t = load_target("tiny:qwen3")
+    d = DSparkDrafter.from_pretrained(src / "drafter", target=t)
+    g = d.cfg.block_size
+    samples, starts, accepted = [], [], 0
+    for j, prompt in enumerate(["abc abc abc", "the cat sat on the", "1 2 3 4 5"]):
+        s = SpecSession(t, d, DecodeConfig(gamma=g, max_new_tokens=40, temperature=0.0))
+        tr = s.run(prompt)
+        P = len(s.prompt_ids)
+        samples.append({"id": f"w{j}", "input_ids": s.prompt_ids + s.generated,
+                        "loss_spans": [[P, P + len(s.generated)]]})
+        starts.append([r.anchor_pos for r in tr.rounds])
+        accepted += sum(r.n_accepted for r in tr.rounds)
+    walks = T.round_anchors(d, t, T.OnlineSource(samples, t, d.cfg.target_layer_ids, 4096))
+    for w, st, smp in zip(walks, starts, samples):
+        end = len(smp["input_ids"]) - 1  # the last candidate anchor is end − 1
+        assert w.tolist() == [a for a in st if a < end], (w.tolist(), st)
+    assert accepted > 0, accepted  # some rounds accepted drafts: the walk is not every position
+    capsys.readouterr()
+    assert main(base + ["--out", str(e2e / "walk-ft"), "--steps", "6", "--log-every", "3",
+                        "--init", str(src / "drafter"), "--train-only", "confidence",
+                        "--conf-label", "greedy", "--conf-anchors", "rounds"]) == 0
+    assert "round anchors:" in capsys.readouterr().out
+    from safetensors import safe_open
+    with safe_open(str(e2e / "walk-ft" / "drafter" / "model.safetensors"), "pt") as f:
+        assert f.metadata()["conf_anchors"] == "rounds"
+    rc = main(base + ["--out", str(e2e / "walk-bad"), "--steps", "2", "--conf-anchors", "rounds"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "conf_anchors" in err and len(err.strip().splitlines()) == 1, err

@@ -28,13 +28,36 @@ def anchor_candidates(loss_mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(ok).flatten() + 1
 
 
-def sample_anchors(loss_mask: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Up to ``n`` distinct anchors, uniformly without replacement, sorted ascending. [≤ n]"""
-    cand = anchor_candidates(loss_mask)
+def sample_anchors(loss_mask: torch.Tensor, n: int, gen: torch.Generator,
+                   among: torch.Tensor | None = None) -> torch.Tensor:
+    """Up to ``n`` distinct anchors, uniformly without replacement, sorted ascending. [≤ n]
+
+    ``among``: draw from these positions (e.g. :func:`walk_anchors`) instead of every candidate."""
+    cand = anchor_candidates(loss_mask) if among is None else among
     if cand.numel() <= n:
         return cand
     pick = torch.randperm(cand.numel(), generator=gen)[:n]
     return cand[pick].sort().values
+
+
+def walk_anchors(cand: torch.Tensor, match: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The anchors fixed-γ greedy decoding would start its rounds at. [m]
+
+    cand [n] sorted candidate anchors (the first is where the answer's first round starts);
+    match / valid [n, γ] teacher-forced T = 0 matches of each candidate's drafts and their
+    validity. From a, a round accepts the leading matches j and commits j + 1 tokens (the
+    correction, or the bonus after γ), so the next round starts at a + j + 1; the walk stops
+    when that leaves the candidates. Rounds start right after a rejection far more often than
+    uniform anchors do — the positions a confidence head is calibrated and used on.
+    """
+    lead = (match.bool() & valid.bool()).long().cumprod(-1).sum(-1)  # [n] leading matches
+    where = {int(a): i for i, a in enumerate(cand.tolist())}
+    out: list[int] = []
+    a = int(cand[0]) if cand.numel() else None
+    while a is not None and a in where:
+        out.append(a)
+        a = a + int(lead[where[a]]) + 1
+    return torch.tensor(out, dtype=torch.long)
 
 
 def block_targets(ids: torch.Tensor, loss_mask: torch.Tensor, anchors: torch.Tensor, gamma: int

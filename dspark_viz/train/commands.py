@@ -54,7 +54,7 @@ def _train_ranked(a, d) -> int:
                         grad_clip=a.grad_clip, loss_variant=a.loss_variant, seed=a.seed,
                         log_every=a.log_every, ckpt_every=a.ckpt_every, keep_ckpts=a.keep_ckpts,
                         max_len=a.max_len, head_bf16=a.head_bf16, conf_label=a.conf_label,
-                        train_only=a.train_only, **kw)
+                        train_only=a.train_only, conf_anchors=a.conf_anchors, **kw)
     cfg = T.resolve_config(cfg, target)
     layers = parse_layer_ids(a.layer_ids)
     over = {"layer_ids": layers} if layers else {}
@@ -171,6 +171,10 @@ def register(sub) -> None:
                         "sampling at T = 1), greedy = 1[argmax p_d = argmax p_t] (acceptance at T = 0)")
     p.add_argument("--train-only", default=None, choices=("confidence",),
                    help="train the confidence head alone (needs --init; the drafts stay unchanged)")
+    p.add_argument("--conf-anchors", default="uniform", choices=("uniform", "rounds"),
+                   help="with --train-only confidence --conf-label greedy: rounds = train the head "
+                        "on the anchors where fixed-γ T = 0 decoding starts its rounds (walked once "
+                        "from teacher-forced drafts) instead of uniform ones — where c_k is used")
     p.add_argument("--chunk-rows", type=int, default=None, help="LM-head rows per chunk")
     p.add_argument("--max-len", type=int, default=4096)
     p.add_argument("--max-minutes", type=float, default=None,

@@ -122,6 +122,7 @@ class TrainConfig:
     head_bf16: bool = False  # drafter-side LM-head products in bf16 (CPU: ≈2× faster matmuls)
     conf_label: str = "tv"  # confidence label: "tv" (paper eq. 8, T = 1) or "greedy" (T = 0)
     train_only: str | None = None  # None: every parameter; "confidence": the confidence head alone
+    conf_anchors: str = "uniform"  # "rounds": anchors where fixed-γ T = 0 decoding starts rounds
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -146,6 +147,12 @@ class TrainConfig:
             raise ConfigError(f"train_only must be None or 'confidence', got {self.train_only!r}")
         if self.train_only == "confidence" and not METHOD_PRESETS[self.method]["confidence_head"]:
             raise ConfigError(f"method {self.method} has no confidence head to train alone")
+        if self.conf_anchors not in ("uniform", "rounds"):
+            raise ConfigError(f"conf_anchors must be 'uniform' or 'rounds', got {self.conf_anchors!r}")
+        if self.conf_anchors == "rounds" and (self.train_only != "confidence"
+                                              or self.conf_label != "greedy"):
+            raise ConfigError("conf_anchors 'rounds' needs train_only 'confidence' and conf_label "
+                              "'greedy' (the rounds of T = 0 decoding with the frozen drafts)")
 
     def method_value(self, key: str):
         mine = getattr(self, key, None)
@@ -344,7 +351,8 @@ def bf16_head(drafter: DSparkDrafter, target):
 
 def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossConfig,
                  weights: torch.Tensor, den: torch.Tensor, chunk_rows: int, sums: StepSums,
-                 backward: bool = True, head_bf16: bool = False, only_conf: bool = False) -> None:
+                 backward: bool = True, head_bf16: bool = False,
+                 only_conf: bool = False) -> torch.Tensor:
     """Forward the packed blocks, compute the losses (normalised by ``den``), back-propagate
     into the drafter's parameters when ``backward``, and add the metric sums to ``sums``.
     ``head_bf16``: the drafter's head products (forward and backward into h) in bf16; the
@@ -368,7 +376,7 @@ def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossCon
     valid = batch.valid.view(-1).to(dev)
     rows = valid.nonzero().flatten()  # [N]
     if rows.numel() == 0:
-        return
+        return torch.zeros(B, n, g, device=dev)
     k_of = torch.arange(g, device=dev).repeat(B * n)[rows]  # slot index per row
     w = weights.to(dev)[k_of]
     inv_den = 1.0 / den.to(dev).float()
@@ -429,6 +437,7 @@ def block_losses(drafter: DSparkDrafter, target, batch: Packed, *, loss: LossCon
     sums.add("acc_pos_den", vd.float().sum((0, 1)))
     if loss.variant == "paper":  # per-block sums / blocks — what the optimised loss reports
         sums.add("den_paper", batch.valid[..., 0].sum())
+    return a3  # [B, n, γ] greedy (T = 0) match per slot, 0 where not valid
 
 
 def metrics_from(keys: list[str], vec: torch.Tensor, gamma: int, loss: LossConfig) -> dict:
@@ -626,16 +635,56 @@ class TrainResult:
     drafter: DSparkDrafter
 
 
-def _step_plan(source: Source, order: _Order, step: int, cfg: TrainConfig, d: Dist):
+def _step_plan(source: Source, order: _Order, step: int, cfg: TrainConfig, d: Dist,
+               among: list[torch.Tensor] | None = None):
     """This rank's share of global step ``step``: [(dataset index, anchors)] and the global
-    loss denominator's local part."""
+    loss denominator's local part. ``among``: per sequence, the positions to draw anchors from."""
     per = cfg.batch_size // d.world
     plan = []
     for i in range(d.rank * per, (d.rank + 1) * per):
         idx = order(step * cfg.batch_size + i)
         ids, m = source.tokens(idx)
-        plan.append((idx, sample_anchors(m, cfg.num_anchors, anchor_gen(cfg.seed, step, i)), ids, m))
+        a = sample_anchors(m, cfg.num_anchors, anchor_gen(cfg.seed, step, i),
+                           among[idx] if among is not None else None)
+        plan.append((idx, a, ids, m))
     return plan
+
+
+@torch.no_grad()
+def round_anchors(drafter: DSparkDrafter, target, source: Source, *, chunk_anchors: int = 32,
+                  chunk_rows: int = 1024, progress: bool = False) -> list[torch.Tensor]:
+    """Per sequence, the anchors of fixed-γ T = 0 decoding (:func:`anchors.walk_anchors`), from
+    teacher-forced matches of the drafter's drafts at every candidate anchor. The drafts must
+    not change during training (confidence head alone), so the walk is computed once."""
+    from dspark_viz.train.anchors import anchor_candidates, walk_anchors
+    g = drafter.cfg.block_size
+    loss = LossConfig(conf_label="greedy")
+    weights = position_weights(g, loss.decay(g))
+    was = drafter.training
+    drafter.eval()
+    out = []
+    it = range(len(source))
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="round anchors", unit="seq", dynamic_ncols=True)
+    for i in it:
+        item = source.item(i)
+        cand = anchor_candidates(item.loss_mask)
+        matches, valids = [], []
+        for c0 in range(0, cand.numel(), chunk_anchors):
+            part = cand[c0: c0 + chunk_anchors]
+            batch = pack([item], [part], gamma=g, mask_token_id=drafter.cfg.mask_token_id)
+            m = block_losses(drafter, target, batch, loss=loss, weights=weights,
+                             den=torch.tensor(1.0), chunk_rows=chunk_rows, sums=StepSums(g),
+                             backward=False)
+            matches.append(m[0].cpu())
+            valids.append(batch.valid[0])
+        if cand.numel():
+            out.append(walk_anchors(cand, torch.cat(matches), torch.cat(valids)))
+        else:
+            out.append(cand)
+    drafter.train(was)
+    return out
 
 
 def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, *,
@@ -706,7 +755,7 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         st = json.loads((last / "trainer_state.json").read_text())
         old = TrainConfig.from_dict(st["train_config"])
         for k in ("batch_size", "num_anchors", "seed", "method", "block_size", "loss_variant",
-                  "conf_label", "train_only"):
+                  "conf_label", "train_only", "conf_anchors"):
             if getattr(old, k) != getattr(cfg, k):
                 raise TrainError(f"{out} holds a run with {k}={getattr(old, k)} (now {getattr(cfg, k)}); "
                                  f"resume with the same settings or use a new --out")
@@ -719,6 +768,15 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(
             {"train": cfg.to_dict(), "drafter": dcfg.to_dict(), "world_size": d.world}, indent=1))
+    among = None
+    if cfg.conf_anchors == "rounds":
+        t_w = time.perf_counter()
+        among = round_anchors(drafter, target, source, chunk_rows=chunk,
+                              progress=progress and d.main)
+        if d.main:
+            n_w = sum(int(a.numel()) for a in among)
+            print(f"round anchors: {n_w} over {len(source)} sequences "
+                  f"({time.perf_counter() - t_w:.0f} s)", flush=True)
     log = MetricsLog(out, start, d.main)
     order = _Order(len(source), cfg.seed)
     history: list[dict] = []
@@ -736,7 +794,7 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         for step in range(start, end):
             for gr in opt.param_groups:
                 gr["lr"] = lr_at(step, cfg)
-            plan = _step_plan(source, order, step, cfg, d)
+            plan = _step_plan(source, order, step, cfg, d, among)
             # global denominator (known before any forward): Σ w or #blocks over all ranks
             from dspark_viz.train.anchors import block_targets
             den_local = torch.zeros((), dtype=torch.float64)
@@ -811,7 +869,8 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
         if drafter.confidence is not None and (cfg.train_only == "confidence" or cfg.method_value("alpha_conf") > 0):
             drafter.conf_label = cfg.conf_label
         extra = {"step": str(done)} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
-                                       if stopped is not None else {})
+                                       if stopped is not None else {}) \
+            | ({"conf_anchors": cfg.conf_anchors} if cfg.conf_anchors != "uniform" else {})
         drafter.save_pretrained(out / "drafter", extra=extra)
     secs = time.perf_counter() - t_run
     return TrainResult(out=out, steps=done, resumed_from=start, history=history, seconds=secs,
