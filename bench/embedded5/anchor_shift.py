@@ -65,7 +65,8 @@ def main() -> None:
             taps = out.taps.bfloat16().float() if a.bf16_taps else out.taps
             d.extend_context(full, taps)
             for pos in range(len(P), len(ids) - 1):
-                ctx = ContextCache([(k[:, :, :pos], v[:, :, :pos]) for k, v in full.kv], pos)
+                ctx = ContextCache(list(full.kv), full.length)
+                d.crop_context(ctx, pos)  # views of the full cache, positions < pos
                 p = d.propose(t, ctx, torch.tensor([ids[pos]]), gamma=g, temperature=0.0,
                               candidates=256)
                 truth = ids[pos + 1: pos + 1 + g]

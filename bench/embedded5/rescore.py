@@ -27,10 +27,6 @@ from dspark_viz.drafter.model import ContextCache, DSparkDrafter
 from dspark_viz.targets import load_target
 
 
-def _context(full: ContextCache, pos: int) -> ContextCache:
-    return ContextCache([(k[:, :, :pos], v[:, :, :pos]) for k, v in full.kv], pos)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("drafter", type=Path)
@@ -55,7 +51,8 @@ def main() -> None:
             for r in tr.rounds:
                 if not r.draft:
                     continue
-                ctx = _context(full, r.anchor_pos)
+                ctx = ContextCache(list(full.kv), full.length)
+                d.crop_context(ctx, r.anchor_pos)  # views of the full cache, positions < anchor
                 anchor = torch.tensor([r.anchor])
                 if i < a.check:
                     p = d.propose(t, ctx, anchor, gamma=g, temperature=0.0)
