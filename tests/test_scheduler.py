@@ -49,6 +49,31 @@ def test_algorithm1_hand_worked_two_requests():
     assert "no improvement" in d[0].stop and "j=2" in d[0].stop
 
 
+# a CPU-like curve: 2–3 rows cost more than 4 (step ms 100, 130, 140, 120, 150)
+DIP = table({1: 10.0, 2: 1e3 / 130, 3: 1e3 / 140, 4: 1e3 / 120, 5: 1e3 / 150}, "dip")
+
+
+def test_envelope_runs_through_a_dip_in_the_curve():
+    # a = .45, .0495, .02475, .002475. On the raw curve (alg1): Θ0 = 10, Θ1 = 1.45·7.692 =
+    # 11.15, Θ2 = 1.4995·7.143 = 10.71 ✗ → ℓ = 1 at 130 ms. On the envelope SPS* = (10, 8.333,
+    # 8.333, 8.333, 6.667): 12.08, 12.50, 12.70, then 1.5267·6.667 = 10.18 ✗ → ℓ = 3 at 120 ms.
+    v = views([0.45, 0.11, 0.5, 0.1])
+    raw = parse_scheduler("alg1").decide(v, DIP)[0]
+    env = HardwareAware().decide(v, DIP)[0]
+    assert (raw.ell, env.ell) == (1, 3)
+    np.testing.assert_allclose([s.theta for s in raw.path], [11.1538, 10.7107], atol=1e-4)
+    np.testing.assert_allclose([s.theta for s in env.path], [12.0833, 12.4958, 12.7021, 10.1782],
+                               atol=1e-4)
+    assert [s.admitted for s in env.path] == [True, True, True, False]
+    # on a monotone curve the envelope is the curve: the same decisions, every time
+    rng = np.random.default_rng(0)
+    cap = get_curve("h200-qwen3-8b")
+    for _ in range(20):
+        v = views(*rng.uniform(0.0, 1.0, (int(rng.integers(1, 40)), 7)))
+        assert ([d.ell for d in HardwareAware().decide(v, cap)]
+                == [d.ell for d in parse_scheduler("alg1").decide(v, cap)])
+
+
 def test_appendix_a_decisions_early_stop_vs_retrospective():
     hi, lo = views([0.8, 0.9]), views([0.8, 0.0])
     assert HardwareAware().decide(hi, APPENDIX)[0].ell == 0  # Θ1 = 0.9 < Θ0 = 1: stop
@@ -159,6 +184,17 @@ def test_appendix_a_end_to_end():
     assert abs(retro - 0.85) < tol, retro  # the paper's biased (0.85, 0.15)
     assert abs(causal - 0.70) < tol, causal  # the target (0.7, 0.3)
     assert abs(delayed - 0.70) < tol, delayed
+    # Appendix A on a curve with a dip (SPS 1, 0.5, 0.6): the envelope admits x1 on a1 alone
+    # (Θ1 = 1.8·0.6 > 1), whatever c2 says; the search without early stop is biased again
+    global APPENDIX
+    saved, APPENDIX = APPENDIX, table({1: 1.0, 2: 0.5, 3: 0.6}, "appendix-a-dip")
+    try:
+        env = _appendix_first_token_freq(HardwareAware(record_path=False), n, seed=1)
+        retro = _appendix_first_token_freq(Retrospective(record_path=False), n, seed=1)
+    finally:
+        APPENDIX = saved
+    assert abs(env - 0.70) < tol, env
+    assert abs(retro - 0.85) < tol, retro
 
 
 # ----------------------------------------------------------------------------- the real engine
@@ -200,7 +236,7 @@ ENGINE_CURVE = table({1: 1.0, 2: 0.6, 3: 0.5}, "engine-test")
 T_ENGINE = 4.0  # flattens the top-2 target distribution: a larger Appendix A bias
 
 
-def _engine_z(target, policy, c1_fn, rounds: int):
+def _engine_z(target, policy, c1_fn, rounds: int, use_policy_curve: bool = False):
     """Decode with the real engine; every committed token y with the target's (top-2, T)
     probability π of its top token gives 1[y = top] − π, a martingale difference when the
     decoding is lossless. Returns (Z over all tokens, Z over each round's first token, ℓ counts)."""
@@ -211,7 +247,7 @@ def _engine_z(target, policy, c1_fn, rounds: int):
         w = CraftedDrafter(inner, c1_fn)
         s = SpecSession(target, w, DecodeConfig(gamma=2, temperature=T_ENGINE, top_k=2,
                                                 max_new_tokens=60, seed=seed),
-                        policy=policy, capacity=ENGINE_CURVE)
+                        policy=policy, capacity=None if use_policy_curve else ENGINE_CURVE)
         w.session = s
         tr = s.run(chr(97 + seed % 26) + chr(97 + seed // 26 % 26))
         for r in tr.rounds:
@@ -236,6 +272,15 @@ Z_BOUND = 4.5  # |Z| of N(0, 1) exceeds 4.5 with probability 7e-6, whatever N is
 def test_lossless_policies_through_engine(tiny_qwen, make):
     z_all, z_first, ells = _engine_z(tiny_qwen, make(), lambda a: 0.9 if a % 2 else 0.6, 250)
     assert min(ells) > 20, ells  # ℓ = 0, 1 and 2 all exercised
+    assert abs(z_all) < Z_BOUND and abs(z_first) < Z_BOUND, (z_all, z_first)
+
+
+def test_envelope_lossless_through_engine(tiny_qwen):
+    """A curve whose B = 2 step is dearer than B = 3: the envelope takes ℓ = 0 or 2, never 1."""
+    pol = HardwareAware(capacity=table({1: 1.0, 2: 0.5, 3: 0.55}, "engine-dip"))
+    z_all, z_first, ells = _engine_z(tiny_qwen, pol, lambda a: 0.9 if a % 2 else 0.5, 250,
+                                     use_policy_curve=True)
+    assert ells[1] == 0 and ells[0] > 20 and ells[2] > 20, ells
     assert abs(z_all) < Z_BOUND and abs(z_first) < Z_BOUND, (z_all, z_first)
 
 

@@ -13,6 +13,13 @@ Policies (all implement ``dspark_viz.decoding.policy.Policy``):
   at the first non-improvement. Lossless: whether (r, k) is reached depends only on
   candidates ranked before it (ties broken by request then position), none of which depend
   on x_{r,k}; a_{r,k} itself depends on x_{r,<k} only.
+  *Envelope* (on by default; ``alg1`` is the paper's algorithm on the raw curve): on a curve
+  that is not monotone — a CPU whose matmul is slower at 2–3 rows than at 4 — a step of B
+  tokens can cost more than one of B' > B. Admission then runs on SPS*(B) = max_{B' ≥ B}
+  SPS(B') over B' ≤ R + budget: the throughput a step reaches when it may verify more. The
+  early stop never lands inside a dip of the raw curve (there SPS* is flat, so any a > 0
+  improves Θ): admission runs on to the cheaper B', and verifies more tokens in less time.
+  Lossless as Algorithm 1 on any curve: SPS* is fixed by the budget, not by the drafts.
 - ``AsyncDelayed`` — the production variant (paper §5.2): the capacity K (number of draft
   tokens admitted) is the arg-max of a global search *without* early stop over the
   confidences seen two ``decide`` calls earlier; the current step admits the top-K current
@@ -70,8 +77,14 @@ def _sps(capacity, B: np.ndarray) -> np.ndarray:
     return np.array([capacity.sps(int(b)) for b in B], dtype=np.float64)
 
 
-def admission_path(requests: Sequence[RequestView], capacity) -> AdmissionPath:
-    """Sort all candidates (r, j), j ≤ max_ell, a_{r,j} > 0, by a descending; accumulate Θ."""
+def admission_path(requests: Sequence[RequestView], capacity, *,
+                   envelope: bool = False) -> AdmissionPath:
+    """Sort all candidates (r, j), j ≤ max_ell, a_{r,j} > 0, by a descending; accumulate Θ.
+
+    ``envelope``: Θ = τ*·SPS*(B) with SPS*(B) = max over B' ≥ B (up to R + the budget Σ ℓ_max,
+    which the drafts do not change) of SPS(B'): the throughput a step at B reaches when it may
+    verify more.
+    """
     R = len(requests)
     cap = _bind(capacity, R)
     if R == 0:
@@ -95,11 +108,13 @@ def admission_path(requests: Sequence[RequestView], capacity) -> AdmissionPath:
     a = flat[order]
     r, j = np.divmod(order, gamma) if gamma else (order, order)
     n = len(a)
+    budget = int(np.minimum(maxl, gamma).sum())  # admissible tokens, whatever the drafts
+    S = _sps(cap, R + np.arange(budget + 1))  # [budget + 1] SPS at B = R .. R + budget
+    E = np.maximum.accumulate(S[::-1])[::-1] if envelope else S
     B = R + np.arange(1, n + 1)
     tau = R + np.cumsum(a)
-    theta = tau * _sps(cap, B) if n else np.zeros(0)
-    theta0 = float(R * _sps(cap, np.array([R]))[0])
-    return AdmissionPath(R, r, j + 1, a, B, tau, theta, theta0)
+    theta = tau * E[1 : n + 1]
+    return AdmissionPath(R, r, j + 1, a, B, tau, theta, float(R * E[0]))
 
 
 def early_stop_count(p: AdmissionPath) -> int:
@@ -158,6 +173,7 @@ class HardwareAware:
     record_path: bool = True
     lossless: bool = True
     name: str = "hardware"
+    envelope: bool = True  # admission on SPS*(B) = max_{B' ≥ B} SPS(B') (docstring); False: alg1
 
     def __post_init__(self) -> None:
         if not hasattr(self.capacity, "sps"):
@@ -165,7 +181,7 @@ class HardwareAware:
 
     def decide(self, requests: Sequence[RequestView], capacity=None) -> list[Decision]:
         cap = capacity if capacity is not None else self.capacity
-        p = admission_path(requests, cap)
+        p = admission_path(requests, cap, envelope=self.envelope)
         k = early_stop_count(p)
         if k == p.n:
             stop = "all candidates admitted" if p.n else "no candidates (all a = 0)"
@@ -256,13 +272,14 @@ class AsyncDelayed:
 
 
 # ----------------------------------------------------------------------------- parsing
-_NAMES = {"hardware": HardwareAware, "hw": HardwareAware, "alg1": HardwareAware,
-          "scheduler": HardwareAware, "async": AsyncDelayed, "asynchronous": AsyncDelayed,
+_NAMES = {"hardware": HardwareAware, "hw": HardwareAware, "scheduler": HardwareAware,
+          "alg1": lambda capacity: HardwareAware(capacity=capacity, envelope=False, name="alg1"), "async": AsyncDelayed, "asynchronous": AsyncDelayed,
           "retrospective": Retrospective, "retro": Retrospective}
 
 
 def parse_scheduler(spec: str):
-    """'hardware[:CURVE]', 'async[:CURVE]', 'retrospective[:CURVE]' → a policy; else None.
+    """'hardware[:CURVE]', 'alg1[:CURVE]' (the raw curve, no envelope), 'async[:CURVE]',
+    'retrospective[:CURVE]' → a policy; else None.
 
     CURVE is a capacity preset name (``h200-qwen3-8b``, …) or a capacity JSON path; it is
     used whenever the engine passes no capacity of its own.
