@@ -159,7 +159,7 @@ def test_async_admits_top_k_current_candidates():
 
 
 # ----------------------------------------------------------------------------- Appendix A
-def _appendix_first_token_freq(policy, n: int, seed: int = 0) -> float:
+def _appendix_first_token_freq(policy, n: int, seed: int = 0, curve=APPENDIX) -> float:
     """One request, γ = 2, p_t = (0.7, 0.3), p_d = (0.5, 0.5); c2 = 0.9 if x1 = A else 0."""
     gen = torch.Generator().manual_seed(seed)
     p = torch.tensor([[0.7, 0.3]] * 3)
@@ -168,7 +168,7 @@ def _appendix_first_token_freq(policy, n: int, seed: int = 0) -> float:
     for _ in range(n):
         x = draw(q, gen)  # [2] x1, x2 ~ p_d
         conf = np.array([0.8, 0.9 if int(x[0]) == 0 else 0.0])
-        ell = policy.decide([RequestView(conf, 2)], APPENDIX)[0].ell  # sees c2, i.e. x1
+        ell = policy.decide([RequestView(conf, 2)], curve)[0].ell  # sees c2, i.e. x1
         res = verify_block(draft=x[:ell], q=q[:ell], p=p[: ell + 1], greedy=False, gen=gen)
         first = int(x[0]) if res.n_accepted >= 1 else res.appended
         hits += first == 0
@@ -186,13 +186,9 @@ def test_appendix_a_end_to_end():
     assert abs(delayed - 0.70) < tol, delayed
     # Appendix A on a curve with a dip (SPS 1, 0.5, 0.6): the envelope admits x1 on a1 alone
     # (Θ1 = 1.8·0.6 > 1), whatever c2 says; the search without early stop is biased again
-    global APPENDIX
-    saved, APPENDIX = APPENDIX, table({1: 1.0, 2: 0.5, 3: 0.6}, "appendix-a-dip")
-    try:
-        env = _appendix_first_token_freq(HardwareAware(record_path=False), n, seed=1)
-        retro = _appendix_first_token_freq(Retrospective(record_path=False), n, seed=1)
-    finally:
-        APPENDIX = saved
+    dip = table({1: 1.0, 2: 0.5, 3: 0.6}, "appendix-a-dip")
+    env = _appendix_first_token_freq(HardwareAware(record_path=False), n, seed=1, curve=dip)
+    retro = _appendix_first_token_freq(Retrospective(record_path=False), n, seed=1, curve=dip)
     assert abs(env - 0.70) < tol, env
     assert abs(retro - 0.85) < tol, retro
 

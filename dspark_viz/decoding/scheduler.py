@@ -272,8 +272,13 @@ class AsyncDelayed:
 
 
 # ----------------------------------------------------------------------------- parsing
+def _alg1(capacity=None) -> HardwareAware:
+    """Algorithm 1 on the raw curve (no envelope), as in the paper."""
+    return HardwareAware(capacity=capacity, envelope=False, name="alg1")
+
+
 _NAMES = {"hardware": HardwareAware, "hw": HardwareAware, "scheduler": HardwareAware,
-          "alg1": lambda capacity: HardwareAware(capacity=capacity, envelope=False, name="alg1"), "async": AsyncDelayed, "asynchronous": AsyncDelayed,
+          "alg1": _alg1, "async": AsyncDelayed, "asynchronous": AsyncDelayed,
           "retrospective": Retrospective, "retro": Retrospective}
 
 
