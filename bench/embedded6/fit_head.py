@@ -33,12 +33,9 @@ from dspark_viz.decoding.trace import Trace
 from dspark_viz.drafter.registry import EMBEDDED_NAME, shipped_drafter_path
 from dspark_viz.eval import calibration as C
 from dspark_viz.train.losses import LossConfig, position_weights
+from head_features import trace_files  # this folder (run as a script)
 
 HOLDOUT = 0.4
-
-
-def trace_files(dirs):
-    return [f for p in dirs for f in (sorted(p.rglob("*.json")) if p.is_dir() else [p])]
 
 
 def head_tensors(path: Path) -> dict:
@@ -112,6 +109,9 @@ def main() -> None:
     w0 = tens["confidence.proj.weight"].float().numpy()[0]
     b0 = float(tens["confidence.proj.bias"].float()[0])
     files = trace_files(a.traces)
+    # where each file goes under --write-traces: DIR_INDEX/relative path (calibrate's order kept)
+    dests = [(str(i), f.relative_to(p) if p.is_dir() else Path(f.name))
+             for i, p in enumerate(a.traces) for f in trace_files([p])]
     traces = [Trace.load(f) for f in files]
     data = C.collect_pairs(traces)
     cals = [np.load(p) for p in a.cal]
@@ -184,7 +184,7 @@ def main() -> None:
         print(f"drafter with the fitted head written to {a.save}")
     if a.write_traces:
         i = 0
-        for f, tr in zip(files, traces):
+        for (sub, rel), tr in zip(dests, traces):
             for r in tr.rounds:
                 if not r.draft or r.draft[0].conf_raw is None:
                     continue
@@ -193,8 +193,7 @@ def main() -> None:
                 for k, x in enumerate(r.draft):
                     x.conf_raw, x.conf_cal, x.a_raw, x.a_cal = float(c[k]), None, float(ac[k]), None
                 i += 1
-            rel = f.relative_to(next(p for p in a.traces if p in f.parents or p == f))
-            dest = a.write_traces / f"{a.traces.index(next(p for p in a.traces if p in f.parents or p == f))}" / rel
+            dest = a.write_traces / sub / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             tr.save(dest)
         print(f"{len(files)} traces with the new c_k written under {a.write_traces}")
