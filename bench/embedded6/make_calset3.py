@@ -5,16 +5,27 @@ twice calset's stdlib and arithmetic counts (116 and 70, calset's 58 : 35 ratio)
 under runs/ (every prompt, regeneration and calibration set of sessions 1–5).
 
     python bench/embedded6/make_calset3.py runs/ runs/emb9/calset3   # writes calset3_{1,2}.jsonl
+
+Session 7 drew a third set the same way with another seed and mix (pydoc and instructions spent):
+
+    python bench/embedded6/make_calset3.py runs/ runs/emb10/calset4 --seed 71 \
+        --mix stdlib=130,pydoc=0,arithmetic=80,instructions=0
 """
+import argparse
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
 from dspark_viz.data import sources as S
 
-root, out = Path(sys.argv[1]), sys.argv[2]
+ap = argparse.ArgumentParser()
+ap.add_argument("root", type=Path)
+ap.add_argument("out")
+ap.add_argument("--seed", type=int, default=61)
+ap.add_argument("--mix", default="stdlib=116,pydoc=58,arithmetic=70,instructions=5")
+a = ap.parse_args()
+root, out, seed = a.root, a.out, a.seed
 seen_ids, seen_req = set(), set()
 for f in root.rglob("*.jsonl"):
     for line in open(f, encoding="utf-8"):
@@ -28,19 +39,19 @@ for f in root.rglob("*.jsonl"):
             if o.get("turns"):
                 seen_req.add(str(o["turns"][0]).strip())
 print(f"{len(seen_ids)} ids, {len(seen_req)} requests seen")
-pools = {"stdlib": S.stdlib_code(100_000, 61), "pydoc": S.pydoc_prose(100_000, 61),
-         "arithmetic": S.arithmetic(2000, 61), "instructions": S.instructions(None, 61)}
-mix = {"stdlib": 116, "pydoc": 58, "arithmetic": 70, "instructions": 5}
+pools = {"stdlib": S.stdlib_code(100_000, seed), "pydoc": S.pydoc_prose(100_000, seed),
+         "arithmetic": S.arithmetic(2000, seed), "instructions": S.instructions(None, seed)}
+mix = {k: int(v) for k, v in (kv.split("=") for kv in a.mix.split(","))}
 rows = []
 for src, ps in pools.items():
     fresh = [p for p in ps if p.id not in seen_ids and p.turns[0].strip() not in seen_req]
     print(src, len(ps), "fresh", len(fresh))
-    random.Random(61).shuffle(fresh)
+    random.Random(seed).shuffle(fresh)
     for p in fresh[:mix[src]]:
         d = p.to_dict()
         d.pop("text", None)
         rows.append(d)
-random.Random(62).shuffle(rows)
+random.Random(seed + 1).shuffle(rows)
 half = len(rows) // 2
 for i, part in enumerate((rows[:half], rows[half:]), 1):
     with open(f"{out}_{i}.jsonl", "w", encoding="utf-8") as f:
