@@ -47,7 +47,7 @@ for src, ps in pools.items():
     fresh = [p for p in ps if p.id not in seen_ids and p.turns[0].strip() not in seen_req]
     print(src, len(ps), "fresh", len(fresh))
     random.Random(seed).shuffle(fresh)
-    for p in fresh[:mix[src]]:
+    for p in fresh[:mix.get(src, 0)]:
         d = p.to_dict()
         d.pop("text", None)
         rows.append(d)
