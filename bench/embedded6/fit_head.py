@@ -72,6 +72,13 @@ def fit_logreg(X: np.ndarray, y: np.ndarray, sw: np.ndarray, w0: np.ndarray, b0:
     return v[:-1], float(v[-1])
 
 
+def conditional_rows(data: C.CalibrationData, rounds: np.ndarray) -> np.ndarray:
+    """[N, γ] mask of (round, k) with the round in ``rounds`` [N] bool, k verified and the first
+    k−1 drafts accepted: the rows whose label (k accepted) is the conditional acceptance."""
+    acc = np.concatenate([np.ones((len(data), 1)), data.survived[:, :-1]], 1) > 0
+    return rounds[:, None] & data.observed & acc
+
+
 def score(data: C.CalibrationData, prompt: np.ndarray, n_prompts: int, splits: int, bins: int):
     """Held-out ECE per position after STS: [splits, γ], plus the seed-0 report."""
     rows, rep0 = [], None
@@ -133,10 +140,7 @@ def main() -> None:
             ss.append(np.broadcast_to(weights, m.shape)[m])
         if a.from_fit_rounds:
             fit_p, _ = C.split_rounds(len(files), HOLDOUT, 0)
-            fr = np.isin(prompt, fit_p)
-            # conditional rows: k verified with the first k−1 accepted; label: k accepted
-            acc = np.concatenate([np.ones((len(data), 1)), data.survived[:, :-1]], 1) > 0
-            m = fr[:, None] & data.observed & acc
+            m = conditional_rows(data, np.isin(prompt, fit_p))
             Xs.append(Xc[m])
             ys.append(data.survived[m])
             ss.append(np.broadcast_to(weights, m.shape)[m])

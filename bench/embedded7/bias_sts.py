@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "embedded6"))
+from fit_head import conditional_rows  # noqa: E402
 from head_features import trace_files  # noqa: E402
 
 from dspark_viz.decoding.trace import Trace  # noqa: E402
@@ -27,12 +28,6 @@ from dspark_viz.eval import calibration as C  # noqa: E402
 from dspark_viz.train.losses import LossConfig, position_weights  # noqa: E402
 
 HOLDOUT = 0.4
-
-
-def conditional_rows(data: C.CalibrationData, mask: np.ndarray):
-    """Rows (round, k) where k was verified with the first k−1 accepted; label: k accepted."""
-    acc = np.concatenate([np.ones((len(data), 1)), data.survived[:, :-1]], 1) > 0
-    return mask[:, None] & data.observed & acc
 
 
 def fit_bias(z: np.ndarray, y: np.ndarray, w: np.ndarray, iters: int = 50) -> float:

@@ -7,7 +7,7 @@ import sys, torch
 torch.set_num_threads(1)
 from dspark_viz.targets import load_target
 from dspark_viz.drafter.registry import resolve_drafter
-from dspark_viz.decoding.engine import SpecSession, step_batch
+from dspark_viz.decoding.engine import SpecSession
 from dspark_viz.decoding.policy import parse_policy
 from dspark_viz.config import DecodeConfig
 from dspark_viz.eval.prompts import builtin_sets

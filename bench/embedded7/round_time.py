@@ -3,7 +3,7 @@ total) for plain and DSpark decoding, T = 0, 64 tokens, the first eval prompt of
 thread, the hardware policy on session 6's 1-thread curve. Run from the repository root:
     OMP_NUM_THREADS=1 python bench/embedded7/round_time.py
 """
-import time, numpy as np, torch
+import torch
 torch.set_num_threads(1)
 from dspark_viz.targets import load_target
 from dspark_viz.drafter.registry import resolve_drafter
