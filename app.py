@@ -24,6 +24,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import gradio as gr  # noqa: E402
 
 from dspark_viz.config import GAMMA_MAX, ConfigError, DecodeConfig  # noqa: E402
+from dspark_viz.errors import UserError, one_line  # noqa: E402
 from dspark_viz.decoding.engine import SpecSession  # noqa: E402
 from dspark_viz.decoding.policy import Fixed, parse_policy  # noqa: E402
 from dspark_viz.decoding.trace import Trace  # noqa: E402
@@ -60,14 +61,8 @@ body.dsv-present .dsv-metrics,body.dsv-present .dsv-status,body.dsv-present .pro
 TOGGLE_PRESENT_JS = "(on) => { document.body.classList.toggle('dsv-present', !!on); return on; }"
 
 
-class UserError(ValueError):
-    """Bad input from the page; shown in the status box, the server keeps serving."""
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from dspark_viz.cli import user_errors
-    extra = (UserError, ValueError)
-    return user_errors() + extra
+    return (UserError, ValueError)
 
 
 # ----------------------------------------------------------------------------- shared models

@@ -1,6 +1,10 @@
 """Frozen configuration dataclasses shared by the drafter, the engine and the CLI.
 
-Scope: plain data plus validation (one-line ``ConfigError`` messages) and a few named presets.
+Scope: plain data plus validation (one-line ``ConfigError`` messages) and every named preset of
+the project, so each list of choices has one home: drafter sizes (``DRAFTER_PRESETS``), training
+methods and target families (``METHOD_PRESETS``, ``TARGET_PRESETS``, ``TARGET_ALIASES``), the
+names of the embedded target (``EMBEDDED_ALIASES``), roofline devices and models
+(``ROOFLINE_DEVICES``, ``ROOFLINE_MODELS``) and the notebook presets (``NOTEBOOK_PRESETS``).
 No callables, no I/O besides ``DrafterConfig.to_dict``/``from_dict`` (used by the checkpoint
 code in ``dspark_viz.drafter.model``).
 """
@@ -8,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from dspark_viz.errors import UserError
+
 GAMMA_MAX = 16
 FAMILIES = ("qwen3", "gemma3")
 MARKOV_TYPES = ("none", "vanilla", "gated", "rnn")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A setting is out of range or inconsistent; the message is one line."""
 
 
@@ -164,4 +170,93 @@ DRAFTER_PRESETS: dict[str, dict] = {
     "embedded": dict(num_layers=2, num_heads=4, num_kv_heads=1, head_dim=128,
                      intermediate_size=1536, markov_rank=128),
     "deepspec": dict(num_layers=5, markov_rank=256),
+}
+
+# Training presets: the method (DSpark or the DFlash ablation) and the target's family.
+METHOD_PRESETS: dict[str, dict] = {
+    # DSpark: vanilla Markov head + confidence head, CE + TV + confidence BCE.
+    "dspark": dict(markov_type="vanilla", confidence_head=True, alpha_ce=0.1, alpha_tv=0.9,
+                   alpha_conf=1.0),
+    # DFlash ablation: the same parallel drafter, no Markov head, no confidence head, CE only.
+    "dflash": dict(markov_type="none", confidence_head=False, alpha_ce=1.0, alpha_tv=0.0,
+                   alpha_conf=0.0),
+}
+
+# Per-target presets: drafter size preset, tapped layer ids (DeepSpec's for its targets) and
+# training settings that suit the hardware the target implies.
+TARGET_PRESETS: dict[str, dict] = {
+    "qwen3-4b": dict(drafter="deepspec", layer_ids=(1, 9, 17, 25, 33), num_anchors=512,
+                     lr=6e-4, batch_size=64, micro_batch=1),
+    "qwen3-8b": dict(drafter="deepspec", layer_ids=(1, 9, 17, 25, 33), num_anchors=512,
+                     lr=6e-4, batch_size=64, micro_batch=1),
+    "qwen3-14b": dict(drafter="deepspec", layer_ids=(1, 10, 19, 28, 37), num_anchors=512,
+                      lr=6e-4, batch_size=64, micro_batch=1),
+    "gemma4-12b": dict(drafter="deepspec", layer_ids=(5, 17, 29, 41, 46), num_anchors=512,
+                       lr=6e-4, batch_size=64, micro_batch=1),
+    # the embedded Gemma 3 270M on a small CPU: few anchors per sequence, small steps
+    "embedded": dict(drafter="embedded", layer_ids=None, num_anchors=16, lr=6e-4,
+                     batch_size=8, micro_batch=4, chunk_rows=64),
+    "tiny": dict(drafter="tiny", layer_ids=None, num_anchors=16, lr=3e-3, batch_size=8,
+                 micro_batch=8, chunk_rows=512),
+}
+TARGET_ALIASES = {"gemma": "gemma4-12b", "gemma3-270m": "embedded"}
+
+# Embedded default target: the names that pick it.
+EMBEDDED_NAME = "embedded:gemma3-270m"
+EMBEDDED_ALIASES = ("embedded", "default", "gemma3-270m", EMBEDDED_NAME)
+
+# Roofline capacity presets (load/capacity.py). # Public spec-sheet figures (dense bf16, no sparsity) and Qwen3 model shapes.
+ROOFLINE_DEVICES = {
+    "a100": dict(device="A100-SXM-80GB", bandwidth_tbs=2.039, peak_tflops=312.0),
+    "h100": dict(device="H100-SXM", bandwidth_tbs=3.35, peak_tflops=989.0),
+    "h200": dict(device="H200-SXM", bandwidth_tbs=4.8, peak_tflops=989.0),
+}
+ROOFLINE_MODELS = {
+    "qwen3-4b": dict(model="Qwen3-4B", params_b=4.0, layers=36, heads=32, kv_heads=8, head_dim=128),
+    "qwen3-8b": dict(model="Qwen3-8B", params_b=8.2, layers=36, heads=32, kv_heads=8, head_dim=128),
+    "qwen3-14b": dict(model="Qwen3-14B", params_b=14.8, layers=40, heads=40, kv_heads=8, head_dim=128),
+}
+
+
+# Notebook presets (notebooks/, first cell).
+@dataclass(frozen=True)
+class NotebookPreset:
+    """The parameters every notebook reads in its first cell."""
+
+    name: str
+    target: str  # "embedded" or "tiny:qwen3" (the toolchain CLI's spelling)
+    max_new_tokens: int  # per decoded prompt
+    prompts_per_set: int  # prompts per built-in eval set (code, math, prose)
+    mc_samples: int  # Monte-Carlo draws of the sampling demos
+    sim_steps: int  # engine steps per simulated load point
+    loads: tuple[int, ...]  # concurrency R of the load sweeps
+    profile_batches: tuple[int, ...]  # B of the capacity profile of this machine
+    tiny_train_steps: int  # steps of the tiny tutorial drafters (and notebook 6)
+    regen_prompts: int  # prompts per built-in source for the tiny toolchain run
+    regen_tokens: int  # answer length of the tiny regeneration
+    gamma: int = 7
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.target.startswith("tiny")
+
+
+NOTEBOOK_PRESETS: dict[str, NotebookPreset] = {
+    # the default for people: the embedded Gemma 3 270M (its shipped drafter when installed)
+    "embedded": NotebookPreset("embedded", "embedded", max_new_tokens=40, prompts_per_set=2,
+                               mc_samples=10000, sim_steps=300,
+                               loads=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                               profile_batches=(1, 2, 4, 8, 16), tiny_train_steps=600,
+                               regen_prompts=40, regen_tokens=64),
+    # tiny random targets, trained tiny drafters, generous counts: a few minutes on a laptop
+    "tiny": NotebookPreset("tiny", "tiny:qwen3", max_new_tokens=64, prompts_per_set=6,
+                           mc_samples=20000, sim_steps=300,
+                           loads=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+                           profile_batches=(1, 2, 4, 8, 16), tiny_train_steps=600,
+                           regen_prompts=40, regen_tokens=64),
+    # CI: everything small enough that the six notebooks run in a few minutes on 2 cores
+    "ci": NotebookPreset("ci", "tiny:qwen3", max_new_tokens=32, prompts_per_set=2,
+                         mc_samples=3000, sim_steps=60, loads=(1, 4, 16, 64, 256),
+                         profile_batches=(1, 4, 8), tiny_train_steps=150, regen_prompts=20,
+                         regen_tokens=48),
 }

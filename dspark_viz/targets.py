@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME
+from dspark_viz.errors import UserError
 from dspark_viz.config import TinyTargetSpec
 
-EMBEDDED_NAME = "embedded:gemma3-270m"
-EMBEDDED_ALIASES = ("embedded", "default", "gemma3-270m", EMBEDDED_NAME)
 
 
-class TargetError(ValueError):
+class TargetError(UserError):
     """The target cannot be loaded or used as asked; the message is one line."""
 
 

@@ -61,7 +61,7 @@ class OracleDrafter:
         class _Oracle(type(base_drafter)):
             def propose(self, target_, cache, anchor, *, gamma, temperature, top_k=0,
                         top_p=1.0, gen=None, use_markov=True, candidates=0):
-                from dspark_viz.decoding.sampling import draw, warp
+                from dspark_viz.sampling import draw, warp
                 hist = list(self.session.prompt_ids) + list(self.session.generated)
                 toks, qs, bases, biases = [], [], [], []
                 state = None

@@ -11,7 +11,7 @@ from test_verify import chi2_stat, wilson_hilferty_chi2
 from dspark_viz.config import ConfigError, DecodeConfig
 from dspark_viz.decoding.engine import SpecSession, plain_decode, run_batch
 from dspark_viz.decoding.policy import Fixed, Threshold
-from dspark_viz.decoding.sampling import warp
+from dspark_viz.sampling import warp
 
 PROMPT = "The quick brown fox"
 

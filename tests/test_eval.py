@@ -227,7 +227,7 @@ def test_png_export_when_chromium_is_available(tmp_path):
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("no Chrome/Chromium for kaleido")
     import plotly.graph_objects as go
-    from dspark_viz.eval.commands import save_figures
+    from dspark_viz.cli.eval import save_figures
     written, err = save_figures({"f": go.Figure(go.Bar(x=[1], y=[2]))}, tmp_path)
     assert err is None, err
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

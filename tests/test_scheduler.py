@@ -11,7 +11,7 @@ import torch
 from conftest import make_drafter
 from dspark_viz.config import ConfigError, DecodeConfig
 from dspark_viz.decoding.policy import Fixed, RequestView, parse_policy
-from dspark_viz.decoding.sampling import draw, warp
+from dspark_viz.sampling import draw, warp
 from dspark_viz.decoding.scheduler import (AsyncDelayed, HardwareAware, Retrospective,
                                            admission_path, early_stop_count, global_best_count,
                                            parse_scheduler)

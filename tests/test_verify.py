@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dspark_viz.decoding.sampling import draw, warp
+from dspark_viz.sampling import draw, warp
 from dspark_viz.decoding.verify import commit, verify_block
 
 

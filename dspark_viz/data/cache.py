@@ -36,6 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from dspark_viz.errors import UserError
+
 FORMAT = "dspark-target-cache"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -44,7 +46,7 @@ FIELDS_V1 = ("ids", "mask", "taps", "last")
 DTYPES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 
-class CacheError(ValueError):
+class CacheError(UserError):
     """The cache is incomplete, corrupt or built for something else; one-line reason."""
 
 

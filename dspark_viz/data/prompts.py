@@ -18,12 +18,13 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from dspark_viz.errors import UserError
 from dspark_viz.data.sources import Prompt, builtin
 
 SPLITS = ("train", "val")
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt file or source is malformed or unavailable; one-line message."""
 
 

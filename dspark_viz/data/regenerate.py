@@ -28,11 +28,12 @@ from typing import Protocol, Sequence
 
 import torch
 
+from dspark_viz.errors import UserError
 from dspark_viz.data.prompts import PromptError, iter_jsonl, _record_to_prompt
 from dspark_viz.data.sources import Prompt
 
 
-class RegenError(RuntimeError):
+class RegenError(UserError):
     """Regeneration cannot proceed (server unreachable after retries, bad output file)."""
 
 

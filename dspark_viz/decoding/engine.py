@@ -24,7 +24,7 @@ import torch
 
 from dspark_viz.config import ConfigError, DecodeConfig
 from dspark_viz.decoding.policy import Decision, Fixed, RequestView
-from dspark_viz.decoding.sampling import draw, warp
+from dspark_viz.sampling import draw, warp
 from dspark_viz.decoding.trace import (SCHEMA_VERSION, BiasEntry, DraftPos, Round, Schedule,
                                        Summary, Timings, TokenProb, Trace, TraceMeta, VerifyPos)
 from dspark_viz.decoding.verify import commit, verify_block

@@ -21,12 +21,14 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dspark_viz.errors import UserError
+
 SCHEMA_VERSION = 1
 MAX_TRACE_BYTES = 256 * 1024 * 1024
 TAU_CONVENTION = "τ = accepted draft tokens + 1 target token (correction or bonus) per round"
 
 
-class TraceError(ValueError):
+class TraceError(UserError):
     """A trace file is malformed, inconsistent or of another version; one-line message."""
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark_viz.decoding.sampling import draw, uniform
+from dspark_viz.sampling import draw, uniform
 
 
 @dataclass

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dspark_viz.errors import UserError
 from dspark_viz.config import DRAFTER_PRESETS, ConfigError, DrafterConfig
-from dspark_viz.decoding.sampling import draw, warp
+from dspark_viz.sampling import draw, warp
 from dspark_viz.drafter.backbone import DraftLayer, RMSNorm
 from dspark_viz.drafter.markov import ConfidenceHead, MarkovHead
 from dspark_viz.targets import Bf16Head
@@ -28,7 +29,7 @@ from dspark_viz.targets import Bf16Head
 FORMAT_VERSION = 1
 
 
-class DrafterError(ValueError):
+class DrafterError(UserError):
     """A drafter checkpoint is missing, malformed or incompatible; one-line message."""
 
 

@@ -30,13 +30,16 @@ from typing import Sequence
 
 import numpy as np
 
+from dspark_viz.config import ROOFLINE_DEVICES, ROOFLINE_MODELS
+from dspark_viz.errors import UserError
+
 CAPACITY_FORMAT = "dspark-viz-capacity"
 CAPACITY_VERSION = 1
 MAX_CAPACITY_BYTES = 4 * 1024 * 1024
 KINDS = ("profiled", "roofline", "jagged", "table")
 
 
-class CapacityError(ValueError):
+class CapacityError(UserError):
     """A capacity curve is malformed or cannot be built; the message is one line."""
 
 
@@ -270,17 +273,6 @@ class CapacityCurve:
 
 
 # ----------------------------------------------------------------------------- presets
-# Public spec-sheet figures (dense bf16, no sparsity) and Qwen3 model shapes.
-DEVICES = {
-    "a100": dict(device="A100-SXM-80GB", bandwidth_tbs=2.039, peak_tflops=312.0),
-    "h100": dict(device="H100-SXM", bandwidth_tbs=3.35, peak_tflops=989.0),
-    "h200": dict(device="H200-SXM", bandwidth_tbs=4.8, peak_tflops=989.0),
-}
-MODELS = {
-    "qwen3-4b": dict(model="Qwen3-4B", params_b=4.0, layers=36, heads=32, kv_heads=8, head_dim=128),
-    "qwen3-8b": dict(model="Qwen3-8B", params_b=8.2, layers=36, heads=32, kv_heads=8, head_dim=128),
-    "qwen3-14b": dict(model="Qwen3-14B", params_b=14.8, layers=40, heads=40, kv_heads=8, head_dim=128),
-}
 # CUDA-graph capture sizes of a typical serving engine (1, 2, 4, 8, then every 8 up to 256,
 # every 32 up to 512) and a 64-token GEMM tile: the step-wise cliffs of the jagged presets.
 GRAPH_BUCKETS = (1, 2, 4) + tuple(range(8, 257, 8)) + tuple(range(288, 513, 32))
@@ -290,8 +282,8 @@ DEFAULT_CONTEXT = 2048
 
 def preset_names() -> list[str]:
     out = []
-    for dv in DEVICES:
-        for m in MODELS:
+    for dv in ROOFLINE_DEVICES:
+        for m in ROOFLINE_MODELS:
             out += [f"{dv}-{m}", f"{dv}-{m}-jagged"]
     return out
 
@@ -302,12 +294,12 @@ def get_curve(name: str, *, context_len: int = DEFAULT_CONTEXT, requests: int = 
     jagged = key.endswith("-jagged")
     base = key[: -len("-jagged")] if jagged else key
     dv, _, m = base.partition("-")
-    if dv not in DEVICES or m not in MODELS:
+    if dv not in ROOFLINE_DEVICES or m not in ROOFLINE_MODELS:
         raise CapacityError(f"unknown capacity preset {name!r} (known: {', '.join(preset_names())})")
     if context_len < 0 or requests < 1:
         raise CapacityError("preset needs context_len ≥ 0 and requests ≥ 1")
     extra = dict(tile=JAGGED_TILE, buckets=GRAPH_BUCKETS) if jagged else {}
-    roof = Roofline(**DEVICES[dv], **MODELS[m], **extra)
+    roof = Roofline(**ROOFLINE_DEVICES[dv], **ROOFLINE_MODELS[m], **extra)
     return CapacityCurve(name=key, kind="jagged" if jagged else "roofline",
                          context_len=int(context_len), requests=int(requests), roofline=roof,
                          meta={"source": "preset", "note": "analytic roofline; see module docstring"})

@@ -31,11 +31,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from dspark_viz.errors import UserError
 from dspark_viz.decoding.policy import Decision, RequestView
 from dspark_viz.decoding.trace import Trace, TraceError
 
 
-class SimError(ValueError):
+class SimError(UserError):
     """The simulation cannot run as asked (empty pool, bad R); one-line message."""
 
 

@@ -35,6 +35,8 @@ from typing import Protocol
 
 import torch
 
+from dspark_viz.config import METHOD_PRESETS, TARGET_ALIASES, TARGET_PRESETS
+from dspark_viz.errors import UserError
 from dspark_viz.config import ConfigError, DrafterConfig
 from dspark_viz.drafter.model import DSparkDrafter, check_compatible, config_for_target
 from dspark_viz.train.anchors import Packed, pack, sample_anchors
@@ -42,38 +44,11 @@ from dspark_viz.train.losses import (LossConfig, chunked_head_terms, confidence_
                                      denominator, position_weights, prob_tau)
 
 
-class TrainError(ValueError):
+class TrainError(UserError):
     """Training cannot start or resume as asked; one-line message."""
 
 
 # ------------------------------------------------------------------------------ presets
-METHOD_PRESETS: dict[str, dict] = {
-    # DSpark: vanilla Markov head + confidence head, CE + TV + confidence BCE.
-    "dspark": dict(markov_type="vanilla", confidence_head=True, alpha_ce=0.1, alpha_tv=0.9,
-                   alpha_conf=1.0),
-    # DFlash ablation: the same parallel drafter, no Markov head, no confidence head, CE only.
-    "dflash": dict(markov_type="none", confidence_head=False, alpha_ce=1.0, alpha_tv=0.0,
-                   alpha_conf=0.0),
-}
-
-# Per-target presets: drafter size preset, tapped layer ids (DeepSpec's for its targets) and
-# training settings that suit the hardware the target implies.
-TARGET_PRESETS: dict[str, dict] = {
-    "qwen3-4b": dict(drafter="deepspec", layer_ids=(1, 9, 17, 25, 33), num_anchors=512,
-                     lr=6e-4, batch_size=64, micro_batch=1),
-    "qwen3-8b": dict(drafter="deepspec", layer_ids=(1, 9, 17, 25, 33), num_anchors=512,
-                     lr=6e-4, batch_size=64, micro_batch=1),
-    "qwen3-14b": dict(drafter="deepspec", layer_ids=(1, 10, 19, 28, 37), num_anchors=512,
-                      lr=6e-4, batch_size=64, micro_batch=1),
-    "gemma4-12b": dict(drafter="deepspec", layer_ids=(5, 17, 29, 41, 46), num_anchors=512,
-                       lr=6e-4, batch_size=64, micro_batch=1),
-    # the embedded Gemma 3 270M on a small CPU: few anchors per sequence, small steps
-    "embedded": dict(drafter="embedded", layer_ids=None, num_anchors=16, lr=6e-4,
-                     batch_size=8, micro_batch=4, chunk_rows=64),
-    "tiny": dict(drafter="tiny", layer_ids=None, num_anchors=16, lr=3e-3, batch_size=8,
-                 micro_batch=8, chunk_rows=512),
-}
-TARGET_ALIASES = {"gemma": "gemma4-12b", "gemma3-270m": "embedded"}
 
 
 def target_preset_for(target) -> str:

@@ -32,7 +32,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from dspark_viz.config import ConfigError
+from dspark_viz.config import NOTEBOOK_PRESETS, ConfigError, NotebookPreset
 from dspark_viz.decoding.trace import TAU_CONVENTION, Trace
 
 ENV_PRESET = "DSPARK_VIZ_NB_PRESET"
@@ -41,55 +41,14 @@ _TEMPLATE = "plotly_white"
 
 
 # ----------------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class NotebookPreset:
-    """The parameters every notebook reads in its first cell."""
-
-    name: str
-    target: str  # "embedded" or "tiny:qwen3" (the toolchain CLI's spelling)
-    max_new_tokens: int  # per decoded prompt
-    prompts_per_set: int  # prompts per built-in eval set (code, math, prose)
-    mc_samples: int  # Monte-Carlo draws of the sampling demos
-    sim_steps: int  # engine steps per simulated load point
-    loads: tuple[int, ...]  # concurrency R of the load sweeps
-    profile_batches: tuple[int, ...]  # B of the capacity profile of this machine
-    tiny_train_steps: int  # steps of the tiny tutorial drafters (and notebook 6)
-    regen_prompts: int  # prompts per built-in source for the tiny toolchain run
-    regen_tokens: int  # answer length of the tiny regeneration
-    gamma: int = 7
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.target.startswith("tiny")
-
-
-PRESETS: dict[str, NotebookPreset] = {
-    # the default for people: the embedded Gemma 3 270M (its shipped drafter when installed)
-    "embedded": NotebookPreset("embedded", "embedded", max_new_tokens=40, prompts_per_set=2,
-                               mc_samples=10000, sim_steps=300,
-                               loads=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-                               profile_batches=(1, 2, 4, 8, 16), tiny_train_steps=600,
-                               regen_prompts=40, regen_tokens=64),
-    # tiny random targets, trained tiny drafters, generous counts: a few minutes on a laptop
-    "tiny": NotebookPreset("tiny", "tiny:qwen3", max_new_tokens=64, prompts_per_set=6,
-                           mc_samples=20000, sim_steps=300,
-                           loads=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
-                           profile_batches=(1, 2, 4, 8, 16), tiny_train_steps=600,
-                           regen_prompts=40, regen_tokens=64),
-    # CI: everything small enough that the six notebooks run in a few minutes on 2 cores
-    "ci": NotebookPreset("ci", "tiny:qwen3", max_new_tokens=32, prompts_per_set=2,
-                         mc_samples=3000, sim_steps=60, loads=(1, 4, 16, 64, 256),
-                         profile_batches=(1, 4, 8), tiny_train_steps=150, regen_prompts=20,
-                         regen_tokens=48),
-}
 
 
 def get_preset(name: str | None = None, **overrides) -> NotebookPreset:
     """The preset named ``name`` (default: ``$DSPARK_VIZ_NB_PRESET``, else ``embedded``)."""
     key = (name or os.environ.get(ENV_PRESET) or "embedded").strip().lower()
-    if key not in PRESETS:
-        raise ConfigError(f"unknown notebook preset {key!r} (choose from {', '.join(PRESETS)})")
-    return replace(PRESETS[key], **overrides) if overrides else PRESETS[key]
+    if key not in NOTEBOOK_PRESETS:
+        raise ConfigError(f"unknown notebook preset {key!r} (choose from {', '.join(NOTEBOOK_PRESETS)})")
+    return replace(NOTEBOOK_PRESETS[key], **overrides) if overrides else NOTEBOOK_PRESETS[key]
 
 
 def load_tutorial_target(preset: NotebookPreset, device=None):
@@ -829,7 +788,7 @@ def training_curves_figure(runs: dict[str, Sequence[dict]]) -> go.Figure:
     return fig
 
 
-__all__ = ["NotebookPreset", "PRESETS", "get_preset", "load_tutorial_target", "tutorial_drafters",
+__all__ = ["NotebookPreset", "NOTEBOOK_PRESETS", "get_preset", "load_tutorial_target", "tutorial_drafters",
            "train_tiny_drafters", "tutorial_prompts", "run_cli", "RoundStepper", "PANELS",
            "live_session", "rejection_pieces", "sample_first_token", "rejection_figure",
            "rejection_demo", "collision_experiment", "collision_figure", "markov_stats",

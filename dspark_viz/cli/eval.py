@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from dspark_viz.cli import CLIError, add_decode_args
+from dspark_viz.cli.common import CLIError, add_decode_args
 from dspark_viz.config import GAMMA_MAX
 
 MODES = ("dspark", "dflash")

@@ -9,9 +9,10 @@ import argparse
 import json
 from pathlib import Path
 
+from dspark_viz.cli.common import CLIError
+
 
 def _ints(s: str) -> list[int]:
-    from dspark_viz.cli import CLIError
     try:
         v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
@@ -22,7 +23,6 @@ def _ints(s: str) -> list[int]:
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
-    from dspark_viz.cli import CLIError
     from dspark_viz.load.capacity import get_curve, preset_names, profile_target
     from dspark_viz.targets import load_target
     if a.list_presets:
@@ -64,7 +64,6 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
-    from dspark_viz.cli import CLIError
     from dspark_viz.decoding.policy import parse_policy
     from dspark_viz.load.capacity import resolve_capacity
     from dspark_viz.load.simulator import TracePool, sweep
@@ -102,19 +101,6 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(fn):
-    """Report capacity/simulation errors like every other bad input: one line, exit 2."""
-    def run(a: argparse.Namespace) -> int:
-        from dspark_viz.cli import CLIError
-        from dspark_viz.load.capacity import CapacityError
-        from dspark_viz.load.simulator import SimError
-        try:
-            return fn(a)
-        except (CapacityError, SimError) as e:
-            raise CLIError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
-    return run
-
-
 def register(sub) -> None:
     from dspark_viz.load.capacity import DEFAULT_CONTEXT
     p = sub.add_parser("profile", help="measure SPS(B) of the target, or write a preset curve",
@@ -132,7 +118,7 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, help="write this roofline/jagged preset instead")
     p.add_argument("--list-presets", action="store_true")
     p.add_argument("--out", type=Path, default=None)
-    p.set_defaults(func=_one_line(_cmd_profile))
+    p.set_defaults(func=_cmd_profile)
 
     s = sub.add_parser("simulate", help="replay recorded rounds for R concurrent requests",
                        description="Sweep the load R: per policy, aggregate throughput, per-user "
@@ -148,4 +134,4 @@ def register(sub) -> None:
     s.add_argument("--no-calibration", action="store_true", help="use raw confidences")
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--figures", type=Path, default=None, help="directory for plotly HTML figures")
-    s.set_defaults(func=_one_line(_cmd_simulate))
+    s.set_defaults(func=_cmd_simulate)

@@ -10,12 +10,13 @@ import argparse
 import importlib.util
 from pathlib import Path
 
+from dspark_viz.cli.common import CLIError
+
 APP_PATH = Path(__file__).resolve().parents[2] / "app.py"
 
 
 def load_app_module():
     """Import the repository's ``app.py`` as a module (one-line error if it is missing)."""
-    from dspark_viz.cli import CLIError
     if not APP_PATH.is_file():
         raise CLIError(f"app.py not found next to the package ({APP_PATH}); run from a source checkout")
     spec = importlib.util.spec_from_file_location("dspark_viz_app", APP_PATH)

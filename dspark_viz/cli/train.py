@@ -11,9 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from dspark_viz.cli import CLIError
+from dspark_viz.cli.common import CLIError, parse_layer_ids
 from dspark_viz.config import ConfigError
-from dspark_viz.data.commands import _wrap, parse_layer_ids
 from dspark_viz.targets import load_target
 
 # options whose default comes from the method / target preset when not given
@@ -188,4 +187,4 @@ def register(sub) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the cache checksum pass")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_wrap(_cmd_train))
+    p.set_defaults(func=_cmd_train)

@@ -1,7 +1,7 @@
 """``dspark-viz prepare prompts | regenerate | cache | estimate`` — the data toolchain CLI.
 
 Scope: argument parsing and printing over ``prompts``, ``regenerate`` and ``cache``; library
-errors become one-line ``CLIError`` messages. ``--target`` also accepts ``tiny:qwen3`` and
+errors are ``UserError`` subclasses, printed in one line by ``dspark_viz.cli``. ``--target`` also accepts ``tiny:qwen3`` and
 ``tiny:gemma3`` (the tiny random targets of the tests) besides what ``load_target`` takes.
 """
 from __future__ import annotations
@@ -9,31 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dspark_viz.cli import CLIError
+from dspark_viz.cli.common import CLIError, parse_layer_ids
 from dspark_viz.targets import load_target
-
-
-def parse_layer_ids(s: str | None) -> tuple[int, ...] | None:
-    if s is None:
-        return None
-    try:
-        return tuple(int(x) for x in s.split(",") if x.strip())
-    except ValueError:
-        raise CLIError(f"--layer-ids must be comma-separated integers, got {s!r}") from None
-
-
-def _wrap(fn):
-    """Run a handler, turning the data/training errors into one-line CLI errors."""
-    def run(a):
-        from dspark_viz.data.cache import CacheError
-        from dspark_viz.data.prompts import PromptError
-        from dspark_viz.data.regenerate import RegenError
-        from dspark_viz.train.trainer import TrainError
-        try:
-            return fn(a)
-        except (CacheError, PromptError, RegenError, TrainError) as e:
-            raise CLIError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from None
-    return run
 
 
 def _cmd_prompts(a) -> int:
@@ -173,7 +150,7 @@ def register(sub) -> None:
     q.add_argument("--val-fraction", type=float, default=0.05)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and val.jsonl")
-    q.set_defaults(func=_wrap(_cmd_prompts))
+    q.set_defaults(func=_cmd_prompts)
 
     r = ps.add_parser("regenerate", help="let the target answer the prompts (resumable)",
                       description="Generate the target's own answers (transformers batched "
@@ -198,7 +175,7 @@ def register(sub) -> None:
     r.add_argument("--timeout", type=float, default=300.0)
     r.add_argument("--device", default=None)
     r.add_argument("--no-progress", action="store_true")
-    r.set_defaults(func=_wrap(_cmd_regenerate))
+    r.set_defaults(func=_cmd_regenerate)
 
     k = ps.add_parser("corpus", help="tokenise prompt texts as target-scored training samples",
                       description="Turn prompt records (their raw text) into samples whose whole "
@@ -209,7 +186,7 @@ def register(sub) -> None:
     k.add_argument("--target", default="embedded", help="whose tokenizer (HF id, path, embedded, tiny:qwen3)")
     k.add_argument("--max-tokens", type=int, default=512, help="window length; longer texts are split")
     k.add_argument("--min-tokens", type=int, default=8, help="drop shorter windows")
-    k.set_defaults(func=_wrap(_cmd_corpus))
+    k.set_defaults(func=_cmd_corpus)
 
     c = ps.add_parser("cache", help="compute the target cache (resumable, sharded)",
                       description="Run the target over regenerated samples and store token ids, "
@@ -226,7 +203,7 @@ def register(sub) -> None:
                    help="start no new sample after this wall time; finalise what is written")
     c.add_argument("--device", default=None)
     c.add_argument("--no-progress", action="store_true")
-    c.set_defaults(func=_wrap(_cmd_cache))
+    c.set_defaults(func=_cmd_cache)
 
     e = ps.add_parser("estimate", help="print the bytes a cache will take (writes nothing)",
                       description="Estimate cache size from a regenerated JSONL or from counts.")
@@ -238,4 +215,4 @@ def register(sub) -> None:
     e.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     e.add_argument("--shard-bytes", type=int, default=1 << 30)
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_wrap(_cmd_estimate))
+    e.set_defaults(func=_cmd_estimate)
