@@ -24,6 +24,11 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dspark_viz.decoding.trace import Trace  # noqa: E402
+from dspark_viz.drafter.registry import resolve_drafter  # noqa: E402
+from dspark_viz.targets import load_target  # noqa: E402
+from dspark_viz.viz.app_state import Explorer, Lane  # noqa: E402
+
 
 def pct(xs, q):
     xs = sorted(xs)
@@ -38,10 +43,8 @@ def main() -> int:
     a = ap.parse_args()
     import torch
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    import app as appmod
+    import app as appmod  # gradio: heavy, so imported here
     from gradio_client import Client, handle_file
-    from dspark_viz.drafter.registry import resolve_drafter
-    from dspark_viz.targets import load_target
     t0 = time.perf_counter()
     target = load_target(a.target)
     drafter, label = resolve_drafter("default", target)
@@ -75,7 +78,6 @@ def main() -> int:
         c.predict(False, api_name="/step")
         lat.append(time.perf_counter() - t0)
     files = c.predict(api_name="/export_trace")
-    from dspark_viz.decoding.trace import Trace
     tr = Trace.load(files[0])
     model_ms = [r.timings.total_ms for r in tr.rounds]
     print(f"step latency over {len(lat)} rounds (HTTP API, all panels): p50 {statistics.median(lat) * 1e3:.0f} ms, "
@@ -88,7 +90,6 @@ def main() -> int:
           f"{statistics.median([r.timings.verify_ms for r in tr.rounds]):.0f} ms; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     # replay: server-side render rate and play-tick rate
-    from dspark_viz.viz.app_state import Explorer, Lane
     ex = Explorer([Lane("replay", "r", tr)], source="replay")
     n = len(tr.rounds)
     t0 = time.perf_counter()

@@ -22,7 +22,9 @@ import argparse
 import json
 import platform
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -31,8 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dspark_viz.config import DecodeConfig  # noqa: E402
 from dspark_viz.decoding.engine import SpecSession, plain_decode  # noqa: E402
+from dspark_viz.drafter.model import DSparkDrafter  # noqa: E402
 from dspark_viz.load.capacity import get_curve, profile_target  # noqa: E402
 from dspark_viz.targets import ByteTokenizer, Target  # noqa: E402
+from dspark_viz.train.config import TrainConfig, drafter_config, resolve_config  # noqa: E402
+from dspark_viz.train.source import OnlineSource  # noqa: E402
+from dspark_viz.train.trainer import train  # noqa: E402
 
 GEMMA_270M = dict(vocab_size=262144, hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
                   num_attention_heads=4, num_key_value_heads=1, head_dim=256,
@@ -128,18 +134,15 @@ def section_rounds(t: Target, kind: str, drafter) -> dict:
 
 def section_train(t: Target, steps: int) -> dict:
     """Drafter training steps on the embedded preset (2 layers, restricted vocabulary)."""
-    import tempfile
-
-    from dspark_viz.train import trainer as T
     g = torch.Generator().manual_seed(0)
     n, L = (8, 96) if QUICK else (64, 384)
     samples = [{"id": f"s{i}", "input_ids": torch.randint(10, 30000, (L,), generator=g).tolist(),
                 "loss_spans": [[32, L]]} for i in range(n)]
-    cfg = T.resolve_config(T.TrainConfig(steps=steps, log_every=5, micro_batch=8, chunk_rows=1024), t)
-    dcfg = T.drafter_config(cfg, t)
-    src = T.OnlineSource(samples, t, dcfg.target_layer_ids, L)
+    cfg = resolve_config(TrainConfig(steps=steps, log_every=5, micro_batch=8, chunk_rows=1024), t)
+    dcfg = drafter_config(cfg, t)
+    src = OnlineSource(samples, t, dcfg.target_layer_ids, L)
     with tempfile.TemporaryDirectory() as d:
-        r = T.train(t, src, d, cfg, drafter_cfg=dcfg, progress=False)
+        r = train(t, src, d, cfg, drafter_cfg=dcfg, progress=False)
     return {"preset": "embedded (2 layers, restricted vocab)", "steps": r.steps,
             "seconds": round(r.seconds, 2), "anchor_blocks_per_s": round(r.blocks_per_s, 1),
             "last": {k: round(v, 4) for k, v in r.history[-1].items()
@@ -188,7 +191,6 @@ def main() -> int:
             try:
                 sec[name] = fn()
             except Exception as e:
-                import traceback
                 sec[name] = {"error": f"{type(e).__name__}: {e}",
                              "trace": traceback.format_exc().splitlines()[-6:]}
             sec[name + "_s"] = round(time.perf_counter() - t1, 1)
@@ -203,14 +205,12 @@ def main() -> int:
 
 def _drafter(t: Target, kind: str):
     """The shipped embedded drafter on the Gemma shape; a random preset drafter on Qwen3-8B."""
-    from dspark_viz.drafter.model import DSparkDrafter
     if kind == "gemma3-270m":
         p = Path(__file__).resolve().parent.parent / "dspark_viz/assets/drafters/gemma3-270m-dspark"
         return DSparkDrafter.from_pretrained(p, target=t).eval()
-    from dspark_viz.train import trainer as T
-    cfg = T.resolve_config(T.TrainConfig(), t)
+    cfg = resolve_config(TrainConfig(), t)
     torch.manual_seed(0)
-    return DSparkDrafter(T.drafter_config(cfg, t)).to(t.device, t.dtype).eval()
+    return DSparkDrafter(drafter_config(cfg, t)).to(t.device, t.dtype).eval()
 
 
 if __name__ == "__main__":

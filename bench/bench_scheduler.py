@@ -23,10 +23,15 @@ import time
 import numpy as np
 import torch
 
-from dspark_viz.decoding.policy import Fixed, RequestView
+from dspark_viz.config import DecodeConfig
+from dspark_viz.decoding.decision import RequestView
+from dspark_viz.decoding.engine import SpecSession
+from dspark_viz.decoding.policy import Fixed
 from dspark_viz.decoding.scheduler import AsyncDelayed, HardwareAware, Retrospective
+from dspark_viz.drafter.registry import untrained_drafter
 from dspark_viz.load.capacity import resolve_capacity
 from dspark_viz.load.simulator import TracePool, sweep
+from dspark_viz.targets import tiny_target
 
 
 def cost(R: int, gamma: int, cap, reps: int) -> None:
@@ -47,10 +52,6 @@ def cost(R: int, gamma: int, cap, reps: int) -> None:
 
 
 def record_tiny(n: int, gamma: int) -> list:
-    from dspark_viz.config import DecodeConfig
-    from dspark_viz.decoding.engine import SpecSession
-    from dspark_viz.drafter.registry import untrained_drafter
-    from dspark_viz.targets import tiny_target
     t = tiny_target(family="qwen3", vocab_size=320, seed=0)
     d = untrained_drafter(t)
     return [SpecSession(t, d, DecodeConfig(gamma=gamma, temperature=1.0, max_new_tokens=64,

@@ -17,6 +17,14 @@ from pathlib import Path
 
 import torch
 
+from dspark_viz.data import regenerate as R
+from dspark_viz.data import sources as S
+from dspark_viz.data.cache import TargetCache, write_cache
+from dspark_viz.targets import load_target
+from dspark_viz.train.config import TrainConfig, drafter_config, resolve_config
+from dspark_viz.train.source import CacheSource
+from dspark_viz.train.trainer import train
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
@@ -30,11 +38,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_toolchain"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from dspark_viz.data import regenerate as R
-    from dspark_viz.data import sources as S
-    from dspark_viz.data.cache import TargetCache, write_cache
-    from dspark_viz.targets import load_target
-    from dspark_viz.train import trainer as T
 
     shutil.rmtree(a.out, ignore_errors=True)
     rows = []
@@ -52,8 +55,8 @@ def main(argv=None) -> int:
     rows.append(("regeneration (transformers, batch %d, raw template, T=0.7)" % a.batch_size,
                  f"{st.tokens_per_s:.1f} generated tok/s", f"{st.generated_tokens} tokens in {st.seconds:.1f} s"))
     samples = R.read_samples(a.out / "regen.jsonl")
-    cfg = T.resolve_config(T.TrainConfig(steps=a.steps), target)
-    layers = T.drafter_config(cfg, target).target_layer_ids
+    cfg = resolve_config(TrainConfig(steps=a.steps), target)
+    layers = drafter_config(cfg, target).target_layer_ids
     ws = write_cache(samples, a.out / "cache", target, layer_ids=layers, dtype="bf16", progress=False)
     print(json.dumps({"cache_tokens": ws.tokens, "cache_bytes": ws.bytes, "cache_s": ws.seconds}))
     rows.append((f"cache write (bf16, layers {list(layers)} + final)",
@@ -62,12 +65,12 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     cache = TargetCache(a.out / "cache")
     rows.append(("cache open + sha256 verify", f"{time.perf_counter() - t0:.2f} s", ""))
-    src = T.CacheSource(cache)
+    src = CacheSource(cache)
     for method in ("dspark", "dflash"):
-        c = T.TrainConfig(method=method, steps=a.steps + 1, batch_size=a.train_batch,
+        c = TrainConfig(method=method, steps=a.steps + 1, batch_size=a.train_batch,
                           micro_batch=a.train_batch, num_anchors=a.num_anchors, log_every=1,
                           ckpt_every=10 ** 6)
-        res = T.train(target, src, a.out / f"run-{method}", c, progress=False)
+        res = train(target, src, a.out / f"run-{method}", c, progress=False)
         h = res.history[1:]  # drop the first (warm-up) step
         secs = sum(x["blocks"] / x["blocks_per_s"] for x in h)
         bps = sum(x["blocks"] for x in h) / secs

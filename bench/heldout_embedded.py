@@ -1,21 +1,40 @@
-"""Held-out training metrics of the embedded drafters on a target cache (no decoding).
+"""Teacher-forced acceptance of drafters on a target cache (no decoding).
 
-    python bench/heldout_embedded.py --cache runs/emb/cache-val \
+    python bench/heldout_embedded.py --cache CACHE_DIR \\
         dspark_viz/assets/drafters/gemma3-270m-dspark dspark_viz/assets/drafters/gemma3-270m-dflash
 
-For each drafter: ``trainer.evaluate`` on fixed anchors (seed 12345, 16 per sequence) of every
-sequence of the cache — the analytic acceptance accept@k = mean (1 − ½‖p_d,k − p_t,k‖₁) per
-block position (the restricted-vocabulary distance counts the target mass outside the draft
-vocabulary), tau_prob = 1 + Σ_k Π_{i≤k} accept_i per block (the +1 target token), the CE and
-TV terms and the share of labels outside the draft vocabulary. Teacher-forced on corpus text
-(not the target's own generations), so it is an upper-level diagnostic, not τ of decoding.
+For each drafter: ``trainer.evaluate`` on fixed anchors (16 per sequence, seeded) of every
+sequence of the cache. accept@k = mean (1 − ½‖p_d,k − p_t,k‖₁) per block position (the analytic
+T = 1 acceptance; the target mass outside a restricted draft vocabulary counts as rejected),
+greedy@k = the share of blocks whose k-th draft is the target's argmax (T = 0), τ_prob and
+τ_greedy = 1 + Σ_k Π_{i≤k} of those (the +1 target token), the CE and TV terms, and the share of
+labels outside the draft vocabulary. Teacher forcing scores every anchor, not only the ones where
+decoding starts a round, so this is a diagnostic beside decoding's τ, not τ itself.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+import torch
+
+from dspark_viz.data.cache import TargetCache
+from dspark_viz.drafter.model import DSparkDrafter
+from dspark_viz.io import write_json_atomic
+from dspark_viz.targets import load_target
+from dspark_viz.train.source import CacheSource
+from dspark_viz.train.trainer import evaluate
+
+
+def _row(name: str, m: dict, gamma: int) -> str:
+    acc = " ".join(f"{m[f'accept@{k}']:.3f}" for k in range(1, gamma + 1))
+    line = (f"{name:<24} blocks {m['blocks']:>5}  tau_prob {m['tau_prob']:.3f}  tv {m['tv']:.3f}  "
+            f"ce {m['ce']:.3f}  oov {m.get('oov_rate', 0):.3%}  accept@1..γ {acc}")
+    if "tau_greedy" in m:
+        gr = " ".join(f"{m[f'greedy@{k}']:.3f}" for k in range(1, gamma + 1))
+        line += f"\n{'':<24} tau_greedy {m['tau_greedy']:.3f}  greedy@1..γ {gr}"
+    return line
 
 
 def main(argv=None) -> int:
@@ -26,12 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    import torch
     torch.set_num_threads(a.threads)
-    from dspark_viz.data.cache import TargetCache
-    from dspark_viz.drafter.model import DSparkDrafter
-    from dspark_viz.targets import load_target
-    from dspark_viz.train.trainer import CacheSource, evaluate
     target = load_target(a.target)
     src = CacheSource(TargetCache(a.cache))
     out = {}
@@ -39,11 +53,9 @@ def main(argv=None) -> int:
         dr = DSparkDrafter.from_pretrained(d, target=target)
         m = evaluate(dr, target, src, max_samples=len(src), chunk_rows=1024)
         out[str(d)] = m
-        acc = " ".join(f"{m[f'accept@{k}']:.3f}" for k in range(1, dr.cfg.block_size + 1))
-        print(f"{d.name:<24} blocks {m['blocks']:>5}  tau_prob {m['tau_prob']:.3f}  tv {m['tv']:.3f}  "
-              f"ce {m['ce']:.3f}  oov {m.get('oov_rate', 0):.3%}  accept@1..γ {acc}")
+        print(_row(d.name, m, dr.cfg.block_size))
     if a.json:
-        a.json.write_text(json.dumps(out, indent=1))
+        write_json_atomic(a.json, out)
     return 0
 
 

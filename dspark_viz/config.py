@@ -25,7 +25,7 @@ class ConfigError(UserError):
 
 @dataclass(frozen=True)
 class DrafterConfig:
-    """Architecture of a DSpark drafter (DESIGN.md §2).
+    """Architecture of a DSpark drafter (docs/architecture.md, §1–2).
 
     The drafter's hidden size equals the target's, because the embedding and LM head are
     shared with (and frozen from) the target. ``target_layer_ids`` use −1 for the embedding
@@ -136,7 +136,7 @@ class DecodeConfig:
         if self.mode not in ("dspark", "dflash", "ar"):
             raise ConfigError(f"mode must be dspark, dflash or ar, got {self.mode!r}")
         if self.force_ell is not None and not 0 <= self.force_ell <= self.gamma:
-            raise ConfigError(f"force_ell must be in [0, gamma={self.gamma}], got {self.force_ell}")
+            raise ConfigError(f"forced ℓ (force_ell) must be in [0, γ={self.gamma}], got {self.force_ell}")
         if self.draft_candidates < 0:
             raise ConfigError(f"draft_candidates must be ≥ 0 (0 = whole vocabulary), got {self.draft_candidates}")
         if not 1 <= self.record_topk <= 50:

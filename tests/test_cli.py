@@ -34,7 +34,7 @@ def test_trace_on_embedded_default(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "mean τ" in text and "+ 1 target token" in text
     d = json.loads(out.read_text())
-    assert d["version"] == 1 and d["summary"]["new_tokens"] == 10
+    assert d["version"] == 2 and d["summary"]["new_tokens"] == 10  # trace format v2
     assert d["meta"]["target"] == "embedded:gemma3-270m"
 
 

@@ -153,3 +153,32 @@ def test_confidence_note_names_a_temperature_mismatch(tiny_qwen):
     note = d.confidence_note(0.0)
     assert "STS calibration was fitted on T = 1" in note and "trained" not in note
     assert make_drafter(tiny_qwen, "none", confidence_head=False).confidence_note(0.0) is None
+
+
+def test_markov_registry_is_the_one_list_of_kinds():
+    """One class per head kind; the registry covers exactly config.MARKOV_TYPES ("none" = no
+    head) and every kind keeps its state-dict names (saved checkpoints load unchanged)."""
+    from dspark_viz.config import MARKOV_TYPES
+    from dspark_viz.drafter.markov import MARKOV_HEADS, build_markov_head
+    assert set(MARKOV_HEADS) | {"none"} == set(MARKOV_TYPES)
+    assert build_markov_head("none", 10, 8, 4) is None
+    keys = {k: sorted(build_markov_head(k, 10, 8, 4).state_dict()) for k in MARKOV_HEADS}
+    assert keys == {"vanilla": ["w1.weight", "w2.weight"],
+                    "gated": ["gate.bias", "gate.weight", "w1.weight", "w2.weight"],
+                    "rnn": ["cell.bias", "cell.weight", "w1.weight", "w2.weight"]}
+    with pytest.raises(ValueError, match="unknown Markov head"):
+        build_markov_head("lstm", 10, 8, 4)
+
+
+@pytest.mark.parametrize("kind", ["dspark", "dflash"])
+def test_shipped_checkpoints_load_unchanged(kind):
+    from safetensors.torch import load_file
+    from dspark_viz.drafter.registry import SHIPPED
+    from dspark_viz.targets import EMBEDDED_NAME
+    path = SHIPPED[EMBEDDED_NAME][kind]
+    if not (path / "model.safetensors").exists():
+        pytest.skip("shipped drafter not installed")
+    d = DSparkDrafter.from_pretrained(path)
+    stored = load_file(str(path / "model.safetensors"))
+    assert sorted(stored) == sorted(d.state_dict())
+    assert all(torch.equal(stored[k].to(v.dtype), v) for k, v in d.state_dict().items())

@@ -13,10 +13,10 @@ from dspark_viz.config import ConfigError, DecodeConfig
 from dspark_viz.decoding.policy import Fixed, RequestView, parse_policy
 from dspark_viz.sampling import draw, warp
 from dspark_viz.decoding.scheduler import (AsyncDelayed, HardwareAware, Retrospective,
-                                           admission_path, early_stop_count, global_best_count,
-                                           parse_scheduler)
+                                           admission_path, early_stop_count, global_best_count)
 from dspark_viz.decoding.verify import verify_block
 from dspark_viz.load.capacity import CapacityCurve, get_curve
+from dspark_viz.load.policy_spec import policy_from_spec
 
 
 def table(sps: dict[int, float], name="hand") -> CapacityCurve:
@@ -58,7 +58,7 @@ def test_envelope_runs_through_a_dip_in_the_curve():
     # 11.15, Θ2 = 1.4995·7.143 = 10.71 ✗ → ℓ = 1 at 130 ms. On the envelope SPS* = (10, 8.333,
     # 8.333, 8.333, 6.667): 12.08, 12.50, 12.70, then 1.5267·6.667 = 10.18 ✗ → ℓ = 3 at 120 ms.
     v = views([0.45, 0.11, 0.5, 0.1])
-    raw = parse_scheduler("alg1").decide(v, DIP)[0]
+    raw = parse_policy("alg1", 7).decide(v, DIP)[0]
     env = HardwareAware().decide(v, DIP)[0]
     assert (raw.ell, env.ell) == (1, 3)
     np.testing.assert_allclose([s.theta for s in raw.path], [11.1538, 10.7107], atol=1e-4)
@@ -71,7 +71,7 @@ def test_envelope_runs_through_a_dip_in_the_curve():
     for _ in range(20):
         v = views(*rng.uniform(0.0, 1.0, (int(rng.integers(1, 40)), 7)))
         assert ([d.ell for d in HardwareAware().decide(v, cap)]
-                == [d.ell for d in parse_scheduler("alg1").decide(v, cap)])
+                == [d.ell for d in parse_policy("alg1", 7).decide(v, cap)])
 
 
 def test_appendix_a_decisions_early_stop_vs_retrospective():
@@ -118,14 +118,15 @@ def test_load_shrinks_budget():
 
 
 def test_parse_scheduler_and_policy():
-    assert isinstance(parse_scheduler("hardware"), HardwareAware)
-    assert isinstance(parse_scheduler("async:h100-qwen3-4b-jagged"), AsyncDelayed)
-    assert parse_scheduler("async:h100-qwen3-4b-jagged").capacity.kind == "jagged"
-    assert isinstance(parse_scheduler("retrospective"), Retrospective)
-    assert parse_scheduler("nope") is None
+    assert isinstance(policy_from_spec("hardware", 7), HardwareAware)
+    assert isinstance(policy_from_spec("async:h100-qwen3-4b-jagged", 7), AsyncDelayed)
+    assert policy_from_spec("async:h100-qwen3-4b-jagged", 7).capacity.kind == "jagged"
+    assert isinstance(policy_from_spec("retrospective", 7), Retrospective)
+    with pytest.raises(ConfigError, match="unknown policy"):
+        parse_policy("nope", 7)
     assert isinstance(parse_policy("hardware", 7), HardwareAware)
     with pytest.raises(ConfigError, match="unknown capacity preset"):
-        parse_policy("hardware:z100-qwen9", 7)
+        policy_from_spec("hardware:z100-qwen9", 7)
 
 
 # ----------------------------------------------------------------------------- async K
@@ -232,7 +233,7 @@ ENGINE_CURVE = table({1: 1.0, 2: 0.6, 3: 0.5}, "engine-test")
 T_ENGINE = 4.0  # flattens the top-2 target distribution: a larger Appendix A bias
 
 
-def _engine_z(target, policy, c1_fn, rounds: int, use_policy_curve: bool = False):
+def _engine_z(target, policy, c1_fn, rounds: int):
     """Decode with the real engine; every committed token y with the target's (top-2, T)
     probability π of its top token gives 1[y = top] − π, a martingale difference when the
     decoding is lossless. Returns (Z over all tokens, Z over each round's first token, ℓ counts)."""
@@ -243,7 +244,7 @@ def _engine_z(target, policy, c1_fn, rounds: int, use_policy_curve: bool = False
         w = CraftedDrafter(inner, c1_fn)
         s = SpecSession(target, w, DecodeConfig(gamma=2, temperature=T_ENGINE, top_k=2,
                                                 max_new_tokens=60, seed=seed),
-                        policy=policy, capacity=None if use_policy_curve else ENGINE_CURVE)
+                        policy=policy)
         w.session = s
         tr = s.run(chr(97 + seed % 26) + chr(97 + seed // 26 % 26))
         for r in tr.rounds:
@@ -266,7 +267,8 @@ Z_BOUND = 4.5  # |Z| of N(0, 1) exceeds 4.5 with probability 7e-6, whatever N is
 
 @pytest.mark.parametrize("make", [HardwareAware, AsyncDelayed], ids=["hardware", "async"])
 def test_lossless_policies_through_engine(tiny_qwen, make):
-    z_all, z_first, ells = _engine_z(tiny_qwen, make(), lambda a: 0.9 if a % 2 else 0.6, 250)
+    z_all, z_first, ells = _engine_z(tiny_qwen, make(capacity=ENGINE_CURVE),
+                                     lambda a: 0.9 if a % 2 else 0.6, 250)
     assert min(ells) > 20, ells  # ℓ = 0, 1 and 2 all exercised
     assert abs(z_all) < Z_BOUND and abs(z_first) < Z_BOUND, (z_all, z_first)
 
@@ -274,15 +276,15 @@ def test_lossless_policies_through_engine(tiny_qwen, make):
 def test_envelope_lossless_through_engine(tiny_qwen):
     """A curve whose B = 2 step is dearer than B = 3: the envelope takes ℓ = 0 or 2, never 1."""
     pol = HardwareAware(capacity=table({1: 1.0, 2: 0.5, 3: 0.55}, "engine-dip"))
-    z_all, z_first, ells = _engine_z(tiny_qwen, pol, lambda a: 0.9 if a % 2 else 0.5, 250,
-                                     use_policy_curve=True)
+    z_all, z_first, ells = _engine_z(tiny_qwen, pol, lambda a: 0.9 if a % 2 else 0.5, 250)
     assert ells[1] == 0 and ells[0] > 20 and ells[2] > 20, ells
     assert abs(z_all) < Z_BOUND and abs(z_first) < Z_BOUND, (z_all, z_first)
 
 
 def test_retrospective_bias_visible_through_engine(tiny_qwen):
     """The same statistic has the power to catch the lossy search (it favours the top token)."""
-    z_all, z_first, ells = _engine_z(tiny_qwen, Retrospective(), lambda a: 0.6, 350)
+    z_all, z_first, ells = _engine_z(tiny_qwen, Retrospective(capacity=ENGINE_CURVE),
+                                     lambda a: 0.6, 350)
     assert ells[0] > 50 and ells[2] > 50
     assert z_first > 3.0, (z_first, ells)  # one-sided, P(Z > 3) = 1e-3 under losslessness
 
@@ -290,3 +292,58 @@ def test_retrospective_bias_visible_through_engine(tiny_qwen):
 def test_fixed_is_policy_baseline():
     d = Fixed(1).decide(views([0.1] * 7, [0.9] * 7), APPENDIX)
     assert [x.ell for x in d] == [1, 1]
+
+
+# ----------------------------------------------------------------------------- the registry
+def test_registry_is_the_one_list():
+    from dspark_viz.decoding.policy import (POLICY_REGISTRY, policy_entry, policy_help,
+                                            policy_menu, policy_names, sweep_specs)
+    assert policy_names() == ["fixed", "threshold", "threshold-a", "hardware", "alg1", "async",
+                              "retrospective"]
+    assert policy_menu() == ["fixed", "fixed:1", "threshold:0.5", "threshold-a:0.3", "hardware",
+                             "async", "retrospective"]
+    assert sweep_specs() == ["fixed:1", "fixed", "threshold:0.5", "hardware", "async"]
+    for name, e in POLICY_REGISTRY.items():
+        assert name in policy_help()
+        for alias in (name,) + e.aliases:
+            assert policy_entry(alias.upper()) is e
+        spec = name + {"N": ":2", "T": ":0.25"}.get(e.arg, "")
+        p = policy_from_spec(spec, 7)
+        assert isinstance(p, e.cls) and p.lossless == e.lossless
+        assert p.needs_curve == e.needs_curve == (p.capacity is not None)
+        assert p.needs_confidence == e.needs_confidence
+    assert not POLICY_REGISTRY["retrospective"].lossless
+    assert not POLICY_REGISTRY["fixed"].needs_confidence and POLICY_REGISTRY["threshold"].needs_confidence
+    for s in policy_menu() + sweep_specs():
+        policy_from_spec(s, 7)
+
+
+def test_policies_take_curve_objects_never_names():
+    cap = get_curve("h100-qwen3-4b")
+    assert parse_policy("async", 7, cap).capacity is cap
+    assert parse_policy("fixed:2", 7, cap).capacity is None  # a fixed policy needs no curve
+    with pytest.raises(ConfigError, match="as an object"):
+        parse_policy("hardware:h100-qwen3-4b", 7)
+    with pytest.raises(ConfigError, match="curve object"):
+        HardwareAware(capacity="h100-qwen3-4b")
+    with pytest.raises(ConfigError, match="no capacity curve"):
+        HardwareAware().decide(views([0.9]))
+    # the spec's curve, else the given one, else the default
+    assert policy_from_spec("hw:a100-qwen3-8b", 7, capacity=cap).capacity.name == "a100-qwen3-8b"
+    assert policy_from_spec("hw", 7, capacity=cap).capacity is cap
+    assert policy_from_spec("hw", 7).capacity.name == "h200-qwen3-8b"
+    assert policy_from_spec("fixed:3", 7, capacity=cap).ell == 3
+
+
+def test_engine_checks_curve_and_confidence_head(tiny_qwen):
+    from dspark_viz.decoding.engine import SpecSession, confidence_problem
+    d = make_drafter(tiny_qwen)
+    cfg = DecodeConfig(gamma=2, max_new_tokens=4)
+    with pytest.raises(ConfigError, match="needs a capacity curve"):
+        SpecSession(tiny_qwen, d, cfg, policy=HardwareAware())
+    assert confidence_problem(HardwareAware(ENGINE_CURVE), d, cfg) is None
+    headless = type("Headless", (), {"confidence": None})()
+    assert "confidence head" in confidence_problem(HardwareAware(ENGINE_CURVE), headless, cfg)
+    assert confidence_problem(Fixed(2), headless, cfg) is None
+    assert confidence_problem(HardwareAware(ENGINE_CURVE), headless,
+                              DecodeConfig(gamma=2, force_ell=1)) is None

@@ -101,8 +101,8 @@ def test_live_request_budget_responds_to_load(tiny_qwen):
     for n_others in (0, 1023):
         bg = SimulatedBackground(pool, n_others, seed=0)
         s = SpecSession(tiny_qwen, make_drafter(tiny_qwen), DecodeConfig(
-            gamma=4, temperature=0.0, max_new_tokens=10, seed=0), policy=HardwareAware(),
-            capacity=cap, background=bg)
+            gamma=4, temperature=0.0, max_new_tokens=10, seed=0), policy=HardwareAware(cap),
+            background=bg)
         tr = s.run("load")
         assert tr.meta.load == n_others + 1
         assert all(r.schedule.load == n_others + 1 for r in tr.rounds)

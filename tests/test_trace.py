@@ -65,3 +65,34 @@ def test_bad_files(tmp_path):
     (tmp_path / "c.json").write_text("[1, 2]")
     with pytest.raises(TraceError, match="top level"):
         Trace.load(tmp_path / "c.json")
+
+
+def test_trace_v2_carries_the_policy_curve_and_v1_still_loads(tmp_path, tiny_qwen):
+    from dspark_viz.decoding.scheduler import HardwareAware
+    from dspark_viz.decoding.trace import SCHEMA_VERSION
+    from dspark_viz.load.capacity import get_curve
+    curve = get_curve("h100-qwen3-8b-jagged")
+    s = SpecSession(tiny_qwen, make_drafter(tiny_qwen), DecodeConfig(gamma=4, max_new_tokens=8),
+                    policy=HardwareAware(curve))
+    tr = s.run("curve")
+    c = tr.meta.capacity_curve
+    assert tr.version == SCHEMA_VERSION == 2 and tr.meta.capacity == c.name == curve.name
+    assert c.load == 1 and len(c.sps) == int(1.5 * (1 * 5 + 1)) + 2
+    for B in (1, 3, len(c.sps)):
+        assert c.sps_at(B) == pytest.approx(curve.for_load(1).sps(B))
+    assert c.sps_at(0) is None and c.sps_at(len(c.sps) + 1) is None
+    assert all(r.schedule.capacity == curve.name for r in tr.rounds)
+    back = Trace.load(tr.save(tmp_path / "v2.json"))
+    assert back == tr
+    # a file written before version 2: no capacity_curve, still loads
+    v1 = _mutate(tr, lambda d: (d.update(version=1), d["meta"].pop("capacity_curve")))
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    old = Trace.load(tmp_path / "v1.json")
+    assert old.version == 1 and old.meta.capacity_curve is None and old.rounds == tr.rounds
+    with pytest.raises(TraceError, match="capacity_curve"):
+        Trace.from_dict(_mutate(tr, lambda d: d.update(version=1)))
+    with pytest.raises(TraceError, match="capacity_curve"):
+        Trace.from_dict(_mutate(tr, lambda d: d["meta"]["capacity_curve"].update(sps=[1.0, -2.0])))
+    # a policy without a curve records none
+    assert SpecSession(tiny_qwen, make_drafter(tiny_qwen),
+                       DecodeConfig(gamma=4, max_new_tokens=4)).run("x").meta.capacity_curve is None

@@ -2,23 +2,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
 
 from conftest import make_drafter
-from dspark_viz.config import DecodeConfig
+from dspark_viz.config import ConfigError, DecodeConfig
 from dspark_viz.decoding.engine import SpecSession
-from dspark_viz.decoding.policy import parse_policy
+from dspark_viz.load.policy_spec import policy_from_spec
 from dspark_viz.decoding.trace import Trace
 from dspark_viz.viz import figures as F
 from dspark_viz.viz import tokens as T
-from dspark_viz.viz.app_state import TOUR, Explorer, Lane, tour_markdown
+from dspark_viz.viz.app_state import TOUR, Explorer, Lane, extend_live, tour_markdown
+from dspark_viz.viz.panels import PANEL_NAMES, PANELS, panels_named, trace_sps, view_of
 
 
 def _run(target, drafter, policy="fixed", n=30, **kw):
     cfg = DecodeConfig(max_new_tokens=n, **kw)
-    s = SpecSession(target, drafter, cfg, policy=parse_policy(policy, cfg.gamma),
+    s = SpecSession(target, drafter, cfg, policy=policy_from_spec(policy, cfg.gamma),
                     drafter_name="untrained (test)")
     return s.run("def f(x):\n\treturn x")
 
@@ -181,14 +183,47 @@ def test_explorer_extends_live_lanes(tiny_qwen):
 
     def extend(e):
         calls.append(1)
-        from dspark_viz.viz.app_state import extend_live
         return extend_live(e)
 
-    assert ex.forward(2, extend) == 2 and len(calls) == 2 and ex.available == 2
+    assert ex.forward(2, extend) == 2 and len(calls) == 2 and len(ex.main.trace.rounds) == 2
     ex.back(1)
     assert ex.forward(1, extend) == 1 and len(calls) == 2  # replayed, not recomputed
     ex.forward(100, extend)
     assert ex.at_end and s.done and ex.cursor == len(s.rounds)
+
+
+# ----------------------------------------------------------------------------- panels
+def test_panel_registry_renders_every_panel(traces):
+    assert len(set(PANEL_NAMES)) == len(PANELS) and all(p.kind in ("plot", "html") for p in PANELS)
+    ex = Explorer([Lane("dspark", "DSpark lane", traces["hardware"]),
+                   Lane("plain", "plain lane", traces["ar"])], source="replay")
+    assert view_of(ex).i == -1 and "press Step" in dict(zip(PANEL_NAMES, (
+        p.render(view_of(ex)) for p in PANELS)))["summary"]
+    ex.seek(2)
+    v = view_of(ex)
+    out = {p.name: p.render(v) for p in PANELS}
+    for p in PANELS:
+        assert isinstance(out[p.name], str) if p.kind == "html" else hasattr(out[p.name], "to_json")
+    assert "DSpark lane" in out["text"] and "plain lane" not in out["text"]
+    assert "plain lane" in out["lanes"] and "speedup vs plain" in out["metrics"]
+    sched = _data(out["admission"])
+    assert any(t.get("name") == "operating point" for t in sched["data"])  # the trace's own curve
+    assert [p.name for p in panels_named(("verify", "text"))] == ["verify", "text"]
+    with pytest.raises(ConfigError, match="unknown panels"):
+        panels_named(["nope"])
+
+
+def test_capacity_curve_from_the_trace_or_its_name(traces):
+    from dspark_viz.load.capacity import get_curve
+    tr = traces["hardware"]
+    sample = tr.meta.capacity_curve
+    assert sample is not None and trace_sps(tr)(3) == sample.sps_at(3)
+    assert trace_sps(traces["fixed2"]) is None  # a policy without a curve
+    old = copy.copy(tr)  # a version-1 trace: the curve by its recorded name, bound to the load
+    old.meta = dataclasses.replace(tr.meta, capacity_curve=None, capacity="h200-qwen3-8b", load=4)
+    assert trace_sps(old)(9) == pytest.approx(get_curve("h200-qwen3-8b").for_load(4).sps(9))
+    old.meta = dataclasses.replace(old.meta, capacity="profiled:elsewhere")
+    assert trace_sps(old) is None
 
 
 def test_tour_content():

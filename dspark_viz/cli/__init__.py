@@ -1,14 +1,18 @@
 """The ``dspark-viz`` command line: one module per subcommand group, each with ``register(sub)``.
 
 Scope: building the parser from ``COMMAND_MODULES`` and running the chosen handler, turning a
-``UserError`` into ``dspark-viz: error: <one line>`` with exit status 2. The CLI package sits on the
+``UserError`` into ``dspark-viz: error: <one line>`` with exit status 2; ``run_cli`` runs a command in
+this process and returns its output (the notebooks' toolchain cells). The CLI package sits on the
 top floor: it may import every library layer; no library module imports it.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import sys
+from typing import Sequence
 
 from dspark_viz.errors import UserError, one_line
 
@@ -19,6 +23,7 @@ COMMAND_MODULES = (
     "dspark_viz.cli.eval",
     "dspark_viz.cli.load",
     "dspark_viz.cli.viz",
+    "dspark_viz.cli.export",
 )
 
 
@@ -43,3 +48,17 @@ def main(argv: list[str] | None = None) -> int:
         print("dspark-viz: interrupted", file=sys.stderr)
         return 130
 
+
+def run_cli(args: Sequence, *, quiet: bool = True) -> str:
+    """Run ``dspark-viz ARGS`` in this process (the notebooks' toolchain cells); return what
+    it printed, or raise RuntimeError with its error line when it fails."""
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    out = buf.getvalue()
+    if rc != 0:
+        raise RuntimeError(f"dspark-viz {' '.join(map(str, args[:2]))} failed: "
+                           f"{err.getvalue().strip() or out.strip()}")
+    if not quiet:
+        print(out, end="")
+    return out

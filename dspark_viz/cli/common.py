@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from dspark_viz.config import GAMMA_MAX, DecodeConfig
+from dspark_viz.decoding.policy import policy_help
 from dspark_viz.drafter.registry import resolve_drafter
 from dspark_viz.errors import UserError
 from dspark_viz.targets import load_target
@@ -46,9 +47,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="default: dspark with a drafter, ar with --drafter none")
     p.add_argument("--markov-off", action="store_true", help="what-if: Markov head off at inference")
     p.add_argument("--force-ell", type=int, default=None, help="what-if: force verification length ℓ")
-    p.add_argument("--policy", default=None,
-                   help="verification-length policy: fixed:N, threshold:T, threshold-a:T, or a "
-                        "scheduler policy (default fixed:γ)")
+    p.add_argument("--policy", default=None, help=policy_help())
     p.add_argument("--no-calibration", action="store_true", help="ignore the drafter's STS calibration")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when present)")
 

@@ -1,8 +1,9 @@
-"""``dspark-viz prepare prompts | regenerate | cache | estimate`` — the data toolchain CLI.
+"""``dspark-viz prepare prompts | regenerate | corpus | cache | estimate`` — the data toolchain CLI.
 
-Scope: argument parsing and printing over ``prompts``, ``regenerate`` and ``cache``; library
-errors are ``UserError`` subclasses, printed in one line by ``dspark_viz.cli``. ``--target`` also accepts ``tiny:qwen3`` and
-``tiny:gemma3`` (the tiny random targets of the tests) besides what ``load_target`` takes.
+Scope: argument parsing and printing over ``prompts``, ``regenerate``, ``corpus`` and ``cache``;
+library errors are ``UserError`` subclasses, printed in one line by ``dspark_viz.cli``.
+``--target`` also accepts ``tiny:qwen3`` and ``tiny:gemma3`` (the tiny random targets of the
+tests) besides what ``load_target`` takes.
 """
 from __future__ import annotations
 
@@ -10,18 +11,25 @@ import json
 from pathlib import Path
 
 from dspark_viz.cli.common import CLIError, parse_layer_ids
-from dspark_viz.targets import load_target
+from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME, TARGET_PRESETS, ConfigError
+from dspark_viz.data import regenerate as R
+from dspark_viz.data.cache import DTYPES, estimate, human_bytes, write_cache
+from dspark_viz.data.corpus import corpus_samples, write_samples
+from dspark_viz.data.prompts import prepare_prompts, read_jsonl
+from dspark_viz.data.sources import BUILTIN
+from dspark_viz.drafter.model import default_layer_ids
+from dspark_viz.errors import one_line
+from dspark_viz.targets import HFTokenizer, TargetError, cache_dir, load_target
+from dspark_viz.train.config import resolve_target_preset
 
 
 def _cmd_prompts(a) -> int:
-    from dspark_viz.data.prompts import prepare_prompts
     counts = prepare_prompts(a.source, a.out, n=a.n, val_fraction=a.val_fraction, seed=a.seed)
     print(f"wrote {counts['train']} train and {counts['val']} validation prompts to {a.out}/")
     return 0
 
 
 def _cmd_regenerate(a) -> int:
-    from dspark_viz.data import regenerate as R
     prompts = R.read_prompts(a.prompts)
     if a.limit is not None:
         prompts = prompts[: a.limit]
@@ -49,14 +57,12 @@ def _cmd_regenerate(a) -> int:
 
 
 def _cmd_corpus(a) -> int:
-    from dspark_viz.data.corpus import corpus_samples, write_samples
-    from dspark_viz.data.prompts import read_jsonl
     prompts = read_jsonl(a.prompts)
     tok = _tokenizer_only(a.target)[0]
     try:
         ss = corpus_samples(prompts, tok.encode, max_tokens=a.max_tokens, min_tokens=a.min_tokens)
     except ValueError as e:
-        raise CLIError(str(e)) from None
+        raise CLIError(one_line(e)) from None
     n = write_samples(a.out, ss)
     tokens = sum(len(s["input_ids"]) for s in ss)
     print(f"wrote {n} corpus samples ({tokens} tokens, loss on all but the first token of each) "
@@ -66,7 +72,6 @@ def _cmd_corpus(a) -> int:
 
 def _tokenizer_only(spec: str):
     """(tokenizer adapter, name, family, eos ids) without loading weights (server mode)."""
-    from dspark_viz.targets import EMBEDDED_ALIASES, EMBEDDED_NAME, HFTokenizer, TargetError, cache_dir
     if spec.startswith("tiny:"):
         t = load_target(spec)
         return t.tokenizer, t.name, t.family, t.eos_ids
@@ -76,16 +81,13 @@ def _tokenizer_only(spec: str):
         tok = AutoTokenizer.from_pretrained(path)
         mt = AutoConfig.from_pretrained(path).model_type
     except OSError as e:
-        raise TargetError(f"cannot load the tokenizer of {spec!r}: {str(e).splitlines()[0]}") from None
+        raise TargetError(f"cannot load the tokenizer of {spec!r}: {one_line(e)}") from None
     name = EMBEDDED_NAME if spec in EMBEDDED_ALIASES else spec
     return HFTokenizer(tok), name, "qwen3" if mt.startswith("qwen") else "gemma3", (tok.eos_token_id,)
 
 
 def _cmd_cache(a) -> int:
-    from dspark_viz.data.cache import write_cache, human_bytes
-    from dspark_viz.data.regenerate import read_samples
-    from dspark_viz.drafter.model import default_layer_ids
-    samples = read_samples(a.samples)
+    samples = R.read_samples(a.samples)
     target = load_target(a.target, device=a.device)
     layers = parse_layer_ids(a.layer_ids) or _preset_layers(a.target_preset, target) or \
         default_layer_ids(target.num_layers, min(5, target.num_layers))
@@ -101,18 +103,16 @@ def _cmd_cache(a) -> int:
 
 
 def _preset_layers(preset: str, target):
-    from dspark_viz.train.trainer import TARGET_ALIASES, TARGET_PRESETS, target_preset_for
-    p = target_preset_for(target) if preset == "auto" else TARGET_ALIASES.get(preset, preset)
-    if p not in TARGET_PRESETS:
-        raise CLIError(f"unknown --target-preset {preset!r} ({', '.join(TARGET_PRESETS)})")
+    try:
+        p = resolve_target_preset(preset, target)
+    except ConfigError:
+        raise CLIError(f"unknown --target-preset {preset!r} ({', '.join(TARGET_PRESETS)})") from None
     return TARGET_PRESETS[p]["layer_ids"]
 
 
 def _cmd_estimate(a) -> int:
-    from dspark_viz.data.cache import estimate, human_bytes
     if a.samples:
-        from dspark_viz.data.regenerate import read_samples
-        s = read_samples(a.samples)
+        s = R.read_samples(a.samples)
         n = len(s) if a.num_samples is None else a.num_samples
         tps = sum(min(len(x["input_ids"]), a.seq_len or 10 ** 9) for x in s) / max(1, len(s))
     else:
@@ -134,85 +134,101 @@ def _cmd_estimate(a) -> int:
     return 0
 
 
+def _add_prompts(ps) -> None:
+    p = ps.add_parser("prompts", help="collect prompts and write a train/validation split",
+                      description="Read JSONL ({turns} / {conversations}), plain text, built-in "
+                                  f"offline sources ({', '.join('builtin:' + n for n in BUILTIN)}; "
+                                  "tasks: code / math / prose requests kept off the held-out eval "
+                                  "prompts) or hub:NAME datasets; dedupe; split.")
+    p.add_argument("--source", action="append", required=True,
+                   help="builtin:NAME, hub:NAME, or a .jsonl / text file (repeatable)")
+    p.add_argument("--n", type=int, default=100, help="prompts per built-in / hub source")
+    p.add_argument("--val-fraction", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and val.jsonl")
+    p.set_defaults(func=_cmd_prompts)
+
+
+def _add_regenerate(ps) -> None:
+    p = ps.add_parser("regenerate", help="let the target answer the prompts (resumable)",
+                      description="Generate the target's own answers (transformers batched "
+                                  "generation, or an OpenAI-compatible server with --server).")
+    p.add_argument("--prompts", type=Path, required=True, help="prompts JSONL")
+    p.add_argument("--out", type=Path, required=True, help="output JSONL (appended; resumable)")
+    p.add_argument("--target", default="embedded", help="target (HF id, path, embedded, tiny:qwen3)")
+    p.add_argument("--template", default="auto",
+                   help=" | ".join(("auto",) + tuple(R.TEMPLATES))
+                   + " (raw: base models; qwen3: non-thinking)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-prompt-tokens", type=int, default=2048)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    p.add_argument("--server", default=None, help="OpenAI-compatible base URL, e.g. http://host:8000")
+    p.add_argument("--server-model", default=None, help="model name on the server (default --target)")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight (server mode)")
+    p.add_argument("--retries", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_regenerate)
+
+
+def _add_corpus(ps) -> None:
+    p = ps.add_parser("corpus", help="tokenise prompt texts as target-scored training samples",
+                      description="Turn prompt records (their raw text) into samples whose whole "
+                                  "text is the loss region — no generation; `prepare cache` then "
+                                  "scores them with one target pass each.")
+    p.add_argument("--prompts", type=Path, required=True, help="prompts JSONL (prepare prompts)")
+    p.add_argument("--out", type=Path, required=True, help="samples JSONL (overwritten)")
+    p.add_argument("--target", default="embedded", help="whose tokenizer (HF id, path, embedded, tiny:qwen3)")
+    p.add_argument("--max-tokens", type=int, default=512, help="window length; longer texts are split")
+    p.add_argument("--min-tokens", type=int, default=8, help="drop shorter windows")
+    p.set_defaults(func=_cmd_corpus)
+
+
+def _add_cache(ps) -> None:
+    p = ps.add_parser("cache", help="compute the target cache (resumable, sharded)",
+                      description="Run the target over regenerated samples and store token ids, "
+                                  "loss mask, tapped hidden states and the final hidden state.")
+    p.add_argument("--samples", type=Path, required=True, help="regenerated JSONL")
+    p.add_argument("--out", type=Path, required=True, help="cache directory")
+    p.add_argument("--target", default="embedded")
+    p.add_argument("--layer-ids", default=None, help="comma-separated target layers (−1 = embeddings)")
+    p.add_argument("--target-preset", default="auto", help="take the layer ids of a training preset")
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    p.add_argument("--max-len", type=int, default=4096)
+    p.add_argument("--shard-tokens", type=int, default=65536)
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="start no new sample after this wall time; finalise what is written")
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_cache)
+
+
+def _add_estimate(ps) -> None:
+    p = ps.add_parser("estimate", help="print the bytes a cache will take (writes nothing)",
+                      description="Estimate cache size from a regenerated JSONL or from counts.")
+    p.add_argument("--samples", type=Path, default=None, help="regenerated JSONL (actual lengths)")
+    p.add_argument("--num-samples", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sample (or the cap with --samples)")
+    p.add_argument("--hidden-size", type=int, default=None)
+    p.add_argument("--num-layers", type=int, default=None, help="number of tapped target layers")
+    p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
+    p.add_argument("--shard-bytes", type=int, default=1 << 30)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_estimate)
+
+
 def register(sub) -> None:
     p = sub.add_parser("prepare", help="prepare training data: prompts, regenerate, cache, estimate",
                        description="The data toolchain: prompts → regenerated answers → target cache.")
     ps = p.add_subparsers(dest="stage", required=True)
-
-    q = ps.add_parser("prompts", help="collect prompts and write a train/validation split",
-                      description="Read JSONL ({turns} / {conversations}), plain text, built-in "
-                                  "offline sources (builtin:stdlib, builtin:pydoc, builtin:arithmetic, "
-                                  "builtin:instructions, builtin:tasks — code / math / prose requests kept "
-                                  "off the held-out eval prompts) or hub:NAME datasets; dedupe; split.")
-    q.add_argument("--source", action="append", required=True,
-                   help="builtin:NAME, hub:NAME, or a .jsonl / text file (repeatable)")
-    q.add_argument("--n", type=int, default=100, help="prompts per built-in / hub source")
-    q.add_argument("--val-fraction", type=float, default=0.05)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and val.jsonl")
-    q.set_defaults(func=_cmd_prompts)
-
-    r = ps.add_parser("regenerate", help="let the target answer the prompts (resumable)",
-                      description="Generate the target's own answers (transformers batched "
-                                  "generation, or an OpenAI-compatible server with --server).")
-    r.add_argument("--prompts", type=Path, required=True, help="prompts JSONL")
-    r.add_argument("--out", type=Path, required=True, help="output JSONL (appended; resumable)")
-    r.add_argument("--target", default="embedded", help="target (HF id, path, embedded, tiny:qwen3)")
-    r.add_argument("--template", default="auto",
-                   help="auto | raw (base models) | qwen3 (non-thinking) | qwen3-thinking | gemma")
-    r.add_argument("--max-new-tokens", type=int, default=256)
-    r.add_argument("--max-prompt-tokens", type=int, default=2048)
-    r.add_argument("--batch-size", type=int, default=8)
-    r.add_argument("--temperature", type=float, default=0.7)
-    r.add_argument("--top-p", type=float, default=0.95)
-    r.add_argument("--top-k", type=int, default=0)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    r.add_argument("--server", default=None, help="OpenAI-compatible base URL, e.g. http://host:8000")
-    r.add_argument("--server-model", default=None, help="model name on the server (default --target)")
-    r.add_argument("--concurrency", type=int, default=16, help="requests in flight (server mode)")
-    r.add_argument("--retries", type=int, default=4)
-    r.add_argument("--timeout", type=float, default=300.0)
-    r.add_argument("--device", default=None)
-    r.add_argument("--no-progress", action="store_true")
-    r.set_defaults(func=_cmd_regenerate)
-
-    k = ps.add_parser("corpus", help="tokenise prompt texts as target-scored training samples",
-                      description="Turn prompt records (their raw text) into samples whose whole "
-                                  "text is the loss region — no generation; `prepare cache` then "
-                                  "scores them with one target pass each.")
-    k.add_argument("--prompts", type=Path, required=True, help="prompts JSONL (prepare prompts)")
-    k.add_argument("--out", type=Path, required=True, help="samples JSONL (overwritten)")
-    k.add_argument("--target", default="embedded", help="whose tokenizer (HF id, path, embedded, tiny:qwen3)")
-    k.add_argument("--max-tokens", type=int, default=512, help="window length; longer texts are split")
-    k.add_argument("--min-tokens", type=int, default=8, help="drop shorter windows")
-    k.set_defaults(func=_cmd_corpus)
-
-    c = ps.add_parser("cache", help="compute the target cache (resumable, sharded)",
-                      description="Run the target over regenerated samples and store token ids, "
-                                  "loss mask, tapped hidden states and the final hidden state.")
-    c.add_argument("--samples", type=Path, required=True, help="regenerated JSONL")
-    c.add_argument("--out", type=Path, required=True, help="cache directory")
-    c.add_argument("--target", default="embedded")
-    c.add_argument("--layer-ids", default=None, help="comma-separated target layers (−1 = embeddings)")
-    c.add_argument("--target-preset", default="auto", help="take the layer ids of a training preset")
-    c.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
-    c.add_argument("--max-len", type=int, default=4096)
-    c.add_argument("--shard-tokens", type=int, default=65536)
-    c.add_argument("--max-seconds", type=float, default=None,
-                   help="start no new sample after this wall time; finalise what is written")
-    c.add_argument("--device", default=None)
-    c.add_argument("--no-progress", action="store_true")
-    c.set_defaults(func=_cmd_cache)
-
-    e = ps.add_parser("estimate", help="print the bytes a cache will take (writes nothing)",
-                      description="Estimate cache size from a regenerated JSONL or from counts.")
-    e.add_argument("--samples", type=Path, default=None, help="regenerated JSONL (actual lengths)")
-    e.add_argument("--num-samples", type=int, default=None)
-    e.add_argument("--seq-len", type=int, default=None, help="tokens per sample (or the cap with --samples)")
-    e.add_argument("--hidden-size", type=int, default=None)
-    e.add_argument("--num-layers", type=int, default=None, help="number of tapped target layers")
-    e.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
-    e.add_argument("--shard-bytes", type=int, default=1 << 30)
-    e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_cmd_estimate)
+    _add_prompts(ps)
+    _add_regenerate(ps)
+    _add_corpus(ps)
+    _add_cache(ps)
+    _add_estimate(ps)

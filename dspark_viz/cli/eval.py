@@ -9,13 +9,26 @@ Chrome/Chromium is available, otherwise said so on the terminal), trace files, a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
 
 from dspark_viz.cli.common import CLIError, add_decode_args
 from dspark_viz.config import GAMMA_MAX
+from dspark_viz.decoding.trace import Trace
+from dspark_viz.drafter.model import DSparkDrafter
+from dspark_viz.drafter.registry import resolve_drafter, shipped_drafter_path
+from dspark_viz.errors import one_line
+from dspark_viz.eval import calibration as C
+from dspark_viz.eval.benchmark import (DEFAULT_THRESHOLDS, DrafterRun, EvalSettings, decode_batch,
+                                       encode_prompt, format_sweep, format_table, run_eval)
+from dspark_viz.eval.prompts import builtin_sets, dataset_name, read_turns_jsonl
+from dspark_viz.io import write_json_atomic
+from dspark_viz.targets import load_target
+from dspark_viz.viz import eval_figures as ef
 
 MODES = ("dspark", "dflash")
 
@@ -43,8 +56,7 @@ def save_figures(figs: dict, outdir: Path, *, png: bool = True) -> tuple[list[Pa
     try:
         pio.write_images(list(figs.values()), pngs, format="png", width=1200, scale=1)
     except Exception as e:  # kaleido missing, no Chrome, sandbox…: keep the HTML, say why
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        return written, f"{type(e).__name__}: {first}"
+        return written, f"{type(e).__name__}: {one_line(e)[:200]}"
     return written + pngs, None
 
 
@@ -67,7 +79,6 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 
 
 def _datasets(a) -> dict[str, list[str]]:
-    from dspark_viz.eval.prompts import builtin_sets, dataset_name, read_turns_jsonl
     sets: dict[str, list[str]] = {}
     if a.prompts != "none" and (a.prompts is not None or not a.data):
         sets.update(builtin_sets(a.prompts))
@@ -98,8 +109,6 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------- eval
 def _drafter_runs(a, target) -> list:
-    from dspark_viz.drafter.registry import resolve_drafter
-    from dspark_viz.eval.benchmark import DrafterRun
     if a.drafters:
         specs = [s.strip() for s in a.drafters.split(",") if s.strip()]
     elif a.drafter is not None:
@@ -129,10 +138,7 @@ def _drafter_runs(a, target) -> list:
     return runs
 
 
-def _cmd_eval(a: argparse.Namespace) -> int:
-    from dspark_viz.eval.benchmark import (DEFAULT_THRESHOLDS, EvalSettings, format_sweep,
-                                           format_table, run_eval)
-    from dspark_viz.targets import load_target
+def _eval_settings(a: argparse.Namespace) -> EvalSettings:
     if a.markov_off or a.force_ell is not None:
         raise CLIError("eval compares whole drafters: use --drafters PATH:dflash for the "
                        "Markov-off ablation (--markov-off/--force-ell are for `trace`)")
@@ -146,17 +152,38 @@ def _cmd_eval(a: argparse.Namespace) -> int:
     if a.sweep_threshold is not None:
         thresholds = (DEFAULT_THRESHOLDS if a.sweep_threshold == "default"
                       else _floats(a.sweep_threshold, "--sweep-threshold"))
-    settings = EvalSettings(gamma=a.gamma, temperatures=temps, max_new_tokens=a.max_new_tokens,
-                            samples=a.samples, seed=a.seed, batch_size=a.batch_size,
-                            top_k=a.top_k, top_p=a.top_p, policy=a.policy,
-                            calibrated=not a.no_calibration, chat_template=a.chat_template,
-                            thinking=a.thinking, thresholds=thresholds)
+    return EvalSettings(gamma=a.gamma, temperatures=temps, max_new_tokens=a.max_new_tokens,
+                        samples=a.samples, seed=a.seed, batch_size=a.batch_size,
+                        top_k=a.top_k, top_p=a.top_p, policy=a.policy,
+                        calibrated=not a.no_calibration, chat_template=a.chat_template,
+                        thinking=a.thinking, thresholds=thresholds)
+
+
+def _write_eval_traces(traces: dict, root: Path) -> None:
+    n = 0
+    for (T, label, ds), trs in traces.items():
+        d = root / f"T{T:g}" / label.replace("/", "_") / ds
+        d.mkdir(parents=True, exist_ok=True)
+        for i, tr in enumerate(trs):
+            tr.save(d / f"{i:04d}.json")
+            n += 1
+    print(f"{n} traces written under {root}")
+
+
+def _write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, report, indent=1, ensure_ascii=False)
+    print(f"report written to {path}")
+
+
+def _cmd_eval(a: argparse.Namespace) -> int:
+    settings = _eval_settings(a)
+    temps, thresholds = settings.temperatures, settings.thresholds
     sets = _datasets(a)
     target = load_target(a.target, device=a.device)
     runs = _drafter_runs(a, target)
     n_batches = sum(math.ceil(min(len(p), a.samples or len(p)) / a.batch_size) for p in sets.values())
     total = n_batches * len(temps) * (len(runs) + (0 if any(r.mode == "ar" for r in runs) else 1))
-    from tqdm.auto import tqdm
     with tqdm(total=total, desc="eval", unit="batch", disable=a.quiet, file=sys.stderr) as bar:
         def progress(msg: str) -> None:
             bar.set_postfix_str(msg, refresh=False)
@@ -174,18 +201,9 @@ def _cmd_eval(a: argparse.Namespace) -> int:
         print(format_sweep(report))
         print(f"sweep: {report['definitions']['sweep']}")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False))
-        print(f"report written to {a.json}")
+        _write_report(a.json, report)
     if traces is not None:
-        n = 0
-        for (T, label, ds), trs in traces.items():
-            d = a.save_traces / f"T{T:g}" / label.replace("/", "_") / ds
-            d.mkdir(parents=True, exist_ok=True)
-            for i, tr in enumerate(trs):
-                tr.save(d / f"{i:04d}.json")
-                n += 1
-        print(f"{n} traces written under {a.save_traces}")
+        _write_eval_traces(traces, a.save_traces)
     if a.plots:
         figs = eval_figures(report)
         _print_figures(*save_figures(figs, a.plots, png=not a.no_png))
@@ -193,7 +211,6 @@ def _cmd_eval(a: argparse.Namespace) -> int:
 
 
 def eval_figures(report: dict) -> dict:
-    from dspark_viz.viz import eval_figures as ef
     figs = {}
     for T in dict.fromkeys(r["temperature"] for r in report["results"]):
         figs[f"tau_T{T:g}"] = ef.tau_figure(report, T)
@@ -209,8 +226,6 @@ def eval_figures(report: dict) -> dict:
 
 # ----------------------------------------------------------------------------- calibrate
 def _calibration_traces(a, target, drafter) -> list:
-    from dspark_viz.decoding.trace import Trace
-    from dspark_viz.eval.benchmark import DrafterRun, EvalSettings, decode_batch, encode_prompt
     if a.traces:
         files = []
         for p in a.traces:
@@ -232,7 +247,6 @@ def _calibration_traces(a, target, drafter) -> list:
     run = DrafterRun("dspark", drafter, "dspark")
     enc = [encode_prompt(target, t, a.chat_template, a.thinking) for t in prompts]
     traces = []
-    from tqdm.auto import tqdm
     for b in tqdm(range(0, len(enc), a.batch_size), desc="collect rounds", unit="batch",
                   disable=a.quiet, file=sys.stderr):
         chunk = enc[b: b + a.batch_size]
@@ -247,20 +261,7 @@ def _calibration_traces(a, target, drafter) -> list:
     return traces
 
 
-def _cmd_calibrate(a: argparse.Namespace) -> int:
-    from dspark_viz.drafter.model import DSparkDrafter
-    from dspark_viz.drafter.registry import shipped_drafter_path
-    from dspark_viz.eval import calibration as C
-    from dspark_viz.targets import load_target
-    if not 1 <= a.gamma <= GAMMA_MAX:
-        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
-    if a.temperature < 0:
-        raise CLIError(f"--temperature must be ≥ 0, got {a.temperature}")
-    if a.bins < 2:
-        raise CLIError(f"--bins must be ≥ 2, got {a.bins}")
-    if a.traces and a.save_traces is not None:
-        raise CLIError("--save-traces writes decoded rounds: it does not go with --traces")
-    target = load_target(a.target, device=a.device)
+def _drafter_to_calibrate(a, target) -> tuple[DSparkDrafter, Path]:
     if a.drafter == "default":
         path = shipped_drafter_path(target.name, "dspark")
         if path is None:
@@ -270,6 +271,52 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     drafter = DSparkDrafter.from_pretrained(path, target=target)
     if drafter.confidence is None:
         raise CLIError(f"drafter {path} has no confidence head: nothing to calibrate")
+    return drafter, path
+
+
+def _print_positions(rep: dict, temps: Sequence[float]) -> None:
+    """The per-position before/after table of a calibration report."""
+    head = (f"{'k':>2} {'T_k':>6} {'n':>5} {'ECE raw→STS':>15} {'AUROC raw/STS':>14} "
+            f"{'Brier raw→STS':>15} {'mean a_k raw→STS':>17} {'observed':>8} {'floor':>6}")
+    print(head)
+    print("-" * len(head))
+
+    def f(x, s):
+        return "–" if x is None else format(x, s)
+
+    for k, (b, t) in enumerate(zip(rep["before"], rep["after"])):
+        print(f"{k + 1:>2} {temps[k]:>6.3f} {b['n']:>5} "
+              f"{f(b['ece'], '.1%'):>7}→{f(t['ece'], '.1%'):<7} "
+              f"{f(b['auroc'], '.3f'):>6}/{f(t['auroc'], '.3f'):<7} "
+              f"{f(b['brier'], '.3f'):>7}→{f(t['brier'], '.3f'):<7} "
+              f"{f(b['mean_pred'], '.3f'):>8}→{f(t['mean_pred'], '.3f'):<8} {f(b['observed'], '.3f'):>8} "
+              f"{f(t['ece_floor'], '.1%'):>6}")
+    print(f"mean ECE {f(rep['mean_ece_before'], '.2%')} → {f(rep['mean_ece_after'], '.2%')}")
+    print(f"({C.DEFINITIONS['target']}; ECE: {C.DEFINITIONS['ece']}; floor: "
+          f"{C.DEFINITIONS['ece_floor']})")
+
+
+def _compact_positions(rep: dict, temps: Sequence[float]) -> list[dict]:
+    """Per position, the numbers ``calibration.json`` keeps beside the temperatures."""
+    return [{"k": b["k"], "T": temps[i], "n": b["n"], "ece_before": b["ece"],
+             "ece_after": t["ece"], "auroc_before": b["auroc"], "auroc_after": t["auroc"],
+             "brier_before": b["brier"], "brier_after": t["brier"],
+             "mean_pred_before": b["mean_pred"], "mean_pred_after": t["mean_pred"],
+             "observed": b["observed"], "ece_floor": t["ece_floor"]}
+            for i, (b, t) in enumerate(zip(rep["before"], rep["after"]))]
+
+
+def _cmd_calibrate(a: argparse.Namespace) -> int:
+    if not 1 <= a.gamma <= GAMMA_MAX:
+        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
+    if a.temperature < 0:
+        raise CLIError(f"--temperature must be ≥ 0, got {a.temperature}")
+    if a.bins < 2:
+        raise CLIError(f"--bins must be ≥ 2, got {a.bins}")
+    if a.traces and a.save_traces is not None:
+        raise CLIError("--save-traces writes decoded rounds: it does not go with --traces")
+    target = load_target(a.target, device=a.device)
+    drafter, path = _drafter_to_calibrate(a, target)
     traces = _calibration_traces(a, target, drafter)
     fit_idx, ho_idx = C.split_rounds(len(traces), a.holdout, a.seed)
     fit_tr = [traces[i] for i in fit_idx]
@@ -283,32 +330,10 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     print(f"drafter: {path}   target: {target.name}   γ={a.gamma}   T={a.temperature:g}")
     print(f"prompts: {len(fit_tr)} fitting ({len(fit_data)} rounds), {len(ho_idx)} held-out "
           f"({len(ho_data) if len(ho_idx) else 0} rounds); report on the {where} rounds")
-    head = (f"{'k':>2} {'T_k':>6} {'n':>5} {'ECE raw→STS':>15} {'AUROC raw/STS':>14} "
-            f"{'Brier raw→STS':>15} {'mean a_k raw→STS':>17} {'observed':>8} {'floor':>6}")
-    print(head)
-    print("-" * len(head))
-
-    def f(x, s):
-        return "–" if x is None else format(x, s)
-
-    for k, (b, t) in enumerate(zip(rep_ho["before"], rep_ho["after"])):
-        print(f"{k + 1:>2} {fit.temperatures[k]:>6.3f} {b['n']:>5} "
-              f"{f(b['ece'], '.1%'):>7}→{f(t['ece'], '.1%'):<7} "
-              f"{f(b['auroc'], '.3f'):>6}/{f(t['auroc'], '.3f'):<7} "
-              f"{f(b['brier'], '.3f'):>7}→{f(t['brier'], '.3f'):<7} "
-              f"{f(b['mean_pred'], '.3f'):>8}→{f(t['mean_pred'], '.3f'):<8} {f(b['observed'], '.3f'):>8} "
-              f"{f(t['ece_floor'], '.1%'):>6}")
-    print(f"mean ECE {f(rep_ho['mean_ece_before'], '.2%')} → {f(rep_ho['mean_ece_after'], '.2%')}")
-    print(f"({C.DEFINITIONS['target']}; ECE: {C.DEFINITIONS['ece']}; floor: "
-          f"{C.DEFINITIONS['ece_floor']})")
-    compact = [{"k": b["k"], "T": fit.temperatures[i], "n": b["n"], "ece_before": b["ece"],
-                "ece_after": t["ece"], "auroc_before": b["auroc"], "auroc_after": t["auroc"],
-                "brier_before": b["brier"], "brier_after": t["brier"],
-                "mean_pred_before": b["mean_pred"], "mean_pred_after": t["mean_pred"],
-                "observed": b["observed"], "ece_floor": t["ece_floor"]}
-               for i, (b, t) in enumerate(zip(rep_ho["before"], rep_ho["after"]))]
+    _print_positions(rep_ho, fit.temperatures)
     extra = {"n_bins": a.bins, "gamma": a.gamma, "temperature": a.temperature,
-             "fit_rounds": len(fit_data), "report_on": where, "per_position": compact,
+             "fit_rounds": len(fit_data), "report_on": where,
+             "per_position": _compact_positions(rep_ho, fit.temperatures),
              "definitions": C.DEFINITIONS}
     if a.dry_run:
         print("--dry-run: calibration.json not written")
@@ -316,14 +341,10 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
         out = C.save_calibration(path, fit.temperatures, extra)
         print(f"calibration written to {out} (applied automatically when the drafter is loaded)")
     if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps({"drafter": str(path), "target": target.name,
-                                      "temperatures": fit.temperatures, "fit": rep_fit,
-                                      "report": rep_ho, "report_on": where}, indent=1,
-                                     allow_nan=False))
-        print(f"report written to {a.json}")
+        _write_report(a.json, {"drafter": str(path), "target": target.name,
+                               "temperatures": fit.temperatures, "fit": rep_fit,
+                               "report": rep_ho, "report_on": where})
     if a.plots:
-        from dspark_viz.viz import eval_figures as ef
         ks = [r["k"] for r in rep_ho["before"] if r["n"]]
         figs = {"reliability": ef.reliability_figure(rep_ho, ks[:8],
                                                      title=f"Reliability of a_k ({where} rounds)"),

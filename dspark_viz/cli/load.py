@@ -6,10 +6,19 @@ Scope: argument parsing and printing over ``dspark_viz.load.capacity`` and
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dspark_viz.cli.common import CLIError
+from dspark_viz.config import GAMMA_MAX
+from dspark_viz.decoding.policy import sweep_specs
+from dspark_viz.drafter.registry import resolve_drafter
+from dspark_viz.io import write_json_atomic
+from dspark_viz.load.capacity import (DEFAULT_CAPACITY, DEFAULT_CONTEXT, get_curve, preset_names,
+                                      profile_target, resolve_capacity)
+from dspark_viz.load.policy_spec import policy_from_spec
+from dspark_viz.load.simulator import TracePool, sweep
+from dspark_viz.targets import load_target
+from dspark_viz.viz.load_figures import frontier_figure, load_sweep_figure
 
 
 def _ints(s: str) -> list[int]:
@@ -22,39 +31,38 @@ def _ints(s: str) -> list[int]:
     return v
 
 
+def _profile(a: argparse.Namespace):
+    """Measure SPS(B) on this device (the target alone, or whole steps with --drafter)."""
+    bs = _ints(a.batch_sizes)
+    target = load_target(a.target, device=a.device)
+    drafter, dname = None, ""
+    if a.drafter:
+        drafter, dname = resolve_drafter(a.drafter, target)
+        if drafter is None:
+            raise CLIError("--drafter none: profile the target alone by leaving --drafter out")
+        if not 1 <= a.gamma <= GAMMA_MAX:
+            raise CLIError(f"--gamma must be in 1..{GAMMA_MAX}, got {a.gamma}")
+
+    def prog(i, n, B, ms):
+        print(f"  [{i}/{n}] B={B:<5d} {ms:9.2f} ms/step  {1e3 / ms:9.1f} SPS", flush=True)
+
+    what = f" + drafting γ = {a.gamma} tokens" if drafter is not None else ""
+    print(f"profiling {target.name}{what} on {target.device}: context {a.context_len} "
+          f"tokens, median of {a.repeats} passes")
+    curve = profile_target(target, bs, context_len=a.context_len, repeats=a.repeats,
+                           progress=prog, drafter=drafter, gamma=a.gamma, drafter_name=dname)
+    if drafter is not None:
+        print(f"  drafting: {curve.meta['draft_ms']:.2f} ms per step (included above)")
+    return curve
+
+
 def _cmd_profile(a: argparse.Namespace) -> int:
-    from dspark_viz.load.capacity import get_curve, preset_names, profile_target
-    from dspark_viz.targets import load_target
     if a.list_presets:
         print("\n".join(preset_names()))
         return 0
-    if a.preset:
-        curve = get_curve(a.preset, context_len=a.context_len)
-    else:
-        bs = _ints(a.batch_sizes)
-        target = load_target(a.target, device=a.device)
-        drafter = None
-        if a.drafter:
-            from dspark_viz.drafter.registry import resolve_drafter
-            drafter, dname = resolve_drafter(a.drafter, target)
-            if drafter is None:
-                raise CLIError("--drafter none: profile the target alone by leaving --drafter out")
-            if not 1 <= a.gamma <= 16:
-                raise CLIError(f"--gamma must be in 1..16, got {a.gamma}")
-
-        def prog(i, n, B, ms):
-            print(f"  [{i}/{n}] B={B:<5d} {ms:9.2f} ms/step  {1e3 / ms:9.1f} SPS", flush=True)
-
-        what = f" + drafting γ = {a.gamma} tokens" if drafter is not None else ""
-        print(f"profiling {target.name}{what} on {target.device}: context {a.context_len} "
-              f"tokens, median of {a.repeats} passes")
-        curve = profile_target(target, bs, context_len=a.context_len, repeats=a.repeats,
-                               progress=prog, drafter=drafter, gamma=a.gamma,
-                               drafter_name=dname if drafter is not None else "")
-        if drafter is not None:
-            print(f"  drafting: {curve.meta['draft_ms']:.2f} ms per step (included above)")
     if a.out is None and not a.preset:
         raise CLIError("--out is required to save a profile")
+    curve = get_curve(a.preset, context_len=a.context_len) if a.preset else _profile(a)
     for B in (1, 4, 16, 64, 256, 1024):
         print(f"SPS({B}) = {curve.sps(B):.2f}")
     if a.out:
@@ -64,18 +72,13 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(a: argparse.Namespace) -> int:
-    from dspark_viz.decoding.policy import parse_policy
-    from dspark_viz.load.capacity import resolve_capacity
-    from dspark_viz.load.simulator import TracePool, sweep
-    pool = TracePool.from_paths(a.traces, calibrated=not a.no_calibration)
-    cap = resolve_capacity(a.capacity, context_len=a.context_len)
     specs = [s.strip() for s in a.policies.split(",") if s.strip()]
     if not specs:
         raise CLIError("--policies is empty")
-    policies = [parse_policy(s, pool.gamma) for s in specs]
-    for p in policies:
-        if hasattr(p, "record_path"):
-            p.record_path = False
+    pool = TracePool.from_paths(a.traces, calibrated=not a.no_calibration)
+    cap = resolve_capacity(a.capacity, context_len=a.context_len)
+    policies = [policy_from_spec(s, pool.gamma, capacity=cap, record_path=False,
+                                 context_len=a.context_len) for s in specs]
     loads = _ints(a.loads)
     print(f"pool: {pool.n_rounds} rounds from {len(pool.sequences)} traces (γ={pool.gamma}; "
           f"{pool.censored} censored, {pool.dropped} dropped)   capacity: {cap.name}")
@@ -88,12 +91,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     print("(τ = accepted draft tokens + 1 target token per request per step; budget = mean ℓ; "
           "acc.rate = accepted / verified draft tokens; times from the capacity model)")
     if a.json:
-        a.json.write_text(json.dumps({"capacity": cap.to_dict(), "steps": a.steps,
-                                      "seed": a.seed, "pool_rounds": pool.n_rounds,
-                                      "results": [r.to_dict() for r in res]}, indent=1))
+        write_json_atomic(a.json, {"capacity": cap.to_dict(), "steps": a.steps, "seed": a.seed,
+                                   "pool_rounds": pool.n_rounds,
+                                   "results": [r.to_dict() for r in res]}, indent=1)
         print(f"results written to {a.json}")
     if a.figures:
-        from dspark_viz.viz.load_figures import frontier_figure, load_sweep_figure
         a.figures.mkdir(parents=True, exist_ok=True)
         load_sweep_figure(res).write_html(a.figures / "load_sweep.html", include_plotlyjs=True)
         frontier_figure(res).write_html(a.figures / "frontier.html", include_plotlyjs=True)
@@ -102,7 +104,6 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from dspark_viz.load.capacity import DEFAULT_CONTEXT
     p = sub.add_parser("profile", help="measure SPS(B) of the target, or write a preset curve",
                        description="Time one target forward of B tokens on this device for each "
                                    "B and save the capacity curve SPS(B) as JSON.")
@@ -124,10 +125,11 @@ def register(sub) -> None:
                        description="Sweep the load R: per policy, aggregate throughput, per-user "
                                    "speed and verify budget under a capacity curve.")
     s.add_argument("--traces", nargs="+", required=True, help="trace JSON files or directories")
-    s.add_argument("--capacity", default="h200-qwen3-8b", help="preset name or curve JSON")
+    s.add_argument("--capacity", default=DEFAULT_CAPACITY, help="preset name or curve JSON")
     s.add_argument("--context-len", type=int, default=DEFAULT_CONTEXT,
                    help="context per request for presets (KV-read term)")
-    s.add_argument("--policies", default="hardware,async,fixed,fixed:1")
+    s.add_argument("--policies", default=",".join(sweep_specs()),
+                   help="comma-separated policy specs (a curve policy runs on --capacity)")
     s.add_argument("--loads", default="1,8,32,128,256")
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)

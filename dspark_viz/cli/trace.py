@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dspark_viz.cli.common import CLIError, add_decode_args, decode_config, load_pair
 from dspark_viz.decoding.engine import SpecSession
-from dspark_viz.decoding.policy import parse_policy
+from dspark_viz.load.policy_spec import policy_from_spec
 
 
 def _cmd_trace(a: argparse.Namespace) -> int:
@@ -17,7 +17,7 @@ def _cmd_trace(a: argparse.Namespace) -> int:
         raise CLIError("--prompt is empty")
     target, drafter, label = load_pair(a)
     cfg = decode_config(a, drafter)
-    policy = parse_policy(a.policy, cfg.gamma) if a.policy else None
+    policy = policy_from_spec(a.policy, cfg.gamma) if a.policy else None
     s = SpecSession(target, drafter, cfg, policy=policy, drafter_name=label)
     tr = s.run(a.prompt)
     print(f"target: {tr.meta.target}   drafter: {label}   mode: {cfg.mode}   γ={cfg.gamma}   "
@@ -42,7 +42,6 @@ def _cmd_trace(a: argparse.Namespace) -> int:
         tr.save(a.out)
         print(f"trace written to {a.out}")
     return 0
-
 
 
 def register(sub) -> None:

@@ -25,7 +25,6 @@ target / layer set is refused with a one-line ``CacheError`` naming the reason.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
@@ -35,8 +34,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from dspark_viz.errors import UserError
+from dspark_viz.data.regenerate import loss_mask_of
+from dspark_viz.errors import UserError, one_line
+from dspark_viz.io import atomic_path, read_json_capped, write_json_atomic
 
 FORMAT = "dspark-target-cache"
 VERSION = 2
@@ -44,6 +46,8 @@ READABLE_VERSIONS = (1, 2)
 FIELDS = ("ids", "mask", "taps", "last", "lse")
 FIELDS_V1 = ("ids", "mask", "taps", "last")
 DTYPES = {"bf16": 2, "fp16": 2, "fp32": 4}
+SPEC_FILE, MANIFEST_FILE = "cache-spec.json", "manifest.json"
+MAX_JSON_BYTES = 1 << 30  # a manifest lists every sample: ≈ 40 bytes each
 
 
 class CacheError(UserError):
@@ -156,14 +160,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------ writer
 @dataclass
 class WriteStats:
@@ -180,20 +176,110 @@ def _shard_name(k: int) -> str:
     return f"shard-{k:05d}"
 
 
+def _read_json(path: Path):
+    return read_json_capped(path, MAX_JSON_BYTES, what="cache file", error=CacheError)
+
+
 def _completed_shards(out: Path) -> list[dict]:
     """Shard records whose files exist with the recorded sizes (resume)."""
     recs = []
     for j in sorted(out.glob("shard-*.json")):
         try:
-            rec = json.loads(j.read_text())
-        except json.JSONDecodeError:
-            raise CacheError(f"{j} is not valid JSON; delete it and its .npy files to recompute") from None
+            rec = _read_json(j)
+        except CacheError as e:
+            raise CacheError(f"{one_line(e)}; delete it and its .npy files to recompute") from None
         for fld, meta in rec["files"].items():
             p = out / meta["file"]
             if not p.exists() or p.stat().st_size != meta["bytes"]:
                 raise CacheError(f"{p} is missing or has the wrong size; delete {j.name} to recompute it")
         recs.append(rec)
     return recs
+
+
+def _open_dir(out: Path, spec: CacheSpec) -> None:
+    """Create ``out`` with its spec, or check that the cache already there is for ``spec``."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / SPEC_FILE
+    if not spec_file.exists():
+        write_json_atomic(spec_file, spec.to_dict() | {"format": FORMAT, "version": VERSION}, fsync=True)
+        return
+    raw = _read_json(spec_file)
+    ver = raw.get("version") if isinstance(raw, dict) else None
+    if ver != VERSION:
+        raise CacheError(f"{out} holds a version-{ver} cache (this writer makes version {VERSION}); "
+                         f"use another directory")
+    old = CacheSpec.from_dict(raw)
+    if old != spec:
+        diff = [k for k in spec.to_dict() if spec.to_dict()[k] != old.to_dict()[k]]
+        raise CacheError(f"{out} holds a cache with a different {diff[0]} "
+                         f"({old.to_dict()[diff[0]]} ≠ {spec.to_dict()[diff[0]]}); use another directory")
+
+
+def _resume_shards(out: Path) -> list[dict]:
+    """The complete shards already in ``out``; the manifest and half-written files go."""
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # only valid for the final set of shards
+    shards = _completed_shards(out)
+    named = {m["file"] for r in shards for m in r["files"].values()}
+    for p in out.glob("shard-*"):  # leftovers of a shard killed mid-write
+        if p.suffix != ".json" and p.name not in named or ".tmp" in p.name:
+            p.unlink()
+    for p in out.glob(".*.tmp"):  # temporary files of atomic writes killed mid-write
+        p.unlink()
+    return shards
+
+
+class _ShardWriter:
+    """Samples buffered until a shard holds ``shard_tokens`` tokens, then written as one shard:
+    its arrays first (each atomically), then its JSON record."""
+
+    def __init__(self, out: Path, dtype: str, shards: list[dict], stats: WriteStats) -> None:
+        self.out, self.dtype, self.shards, self.stats = out, dtype, shards, stats
+        self.buf: dict[str, list] = {f: [] for f in FIELDS}
+        self.index: list[list] = []
+        self.tok = self.trunc = self.empty = 0
+
+    def add(self, item: CacheItem, ids: list[int], mask: list[int]) -> None:
+        self.index.append([item.id, self.tok, len(ids)])
+        self.buf["ids"].append(np.asarray(ids, dtype=np.int32))
+        self.buf["mask"].append(np.asarray(mask, dtype=np.uint8))
+        self.buf["taps"].append(_to_np(item.taps, self.dtype))
+        self.buf["last"].append(_to_np(item.last, self.dtype))
+        self.buf["lse"].append(item.lse.numpy().astype(np.float32))
+        self.tok += len(ids)
+
+    def _write_array(self, fname: str, arr: np.ndarray) -> dict:
+        path = self.out / fname
+        with atomic_path(path, fsync=True) as tmp, tmp.open("wb") as fh:
+            np.save(fh, arr)
+        size = path.stat().st_size
+        self.stats.bytes += size
+        return {"file": fname, "bytes": size, "sha256": _sha256(path), "dtype": str(arr.dtype),
+                "shape": list(arr.shape)}
+
+    def flush(self) -> None:
+        if not self.index:
+            return
+        name = _shard_name(len(self.shards))
+        rec = {"name": name, "samples": [list(x) for x in self.index], "tokens": self.tok,
+               "truncated": self.trunc, "skipped_empty": self.empty, "files": {}}
+        for f in FIELDS:
+            rec["files"][f] = self._write_array(f"{name}.{f}.npy", np.concatenate(self.buf[f], axis=0))
+        write_json_atomic(self.out / f"{name}.json", rec, fsync=True)
+        self.shards.append(rec)
+        for f in FIELDS:
+            self.buf[f].clear()
+        self.index.clear()
+        self.tok = self.trunc = self.empty = 0
+
+
+def _write_manifest(out: Path, spec: CacheSpec, shards: list[dict], truncated: int,
+                    skipped_empty: int) -> None:
+    manifest = {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(),
+                "num_samples": sum(len(r["samples"]) for r in shards),
+                "num_tokens": sum(r["tokens"] for r in shards),
+                "truncated": truncated, "skipped_empty": skipped_empty,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "shards": shards}
+    write_json_atomic(out / MANIFEST_FILE, manifest, fsync=True)
 
 
 def write_cache(samples: Sequence[dict], out_dir: str | os.PathLike, target, *,
@@ -206,7 +292,6 @@ def write_cache(samples: Sequence[dict], out_dir: str | os.PathLike, target, *,
     removed. Samples longer than ``max_len`` are truncated to it (counted and recorded in the
     manifest); samples with no loss token left after that are skipped (counted).
     """
-    from dspark_viz.data.regenerate import loss_mask_of
     out = Path(out_dir)
     spec = CacheSpec(target=target.name, layer_ids=tuple(layer_ids), hidden_size=target.hidden_size,
                      target_num_layers=target.num_layers, vocab_size=target.vocab_size,
@@ -214,103 +299,36 @@ def write_cache(samples: Sequence[dict], out_dir: str | os.PathLike, target, *,
     bad = [i for i in spec.layer_ids if not -1 <= i < target.num_layers]
     if bad:
         raise CacheError(f"layer ids {bad} out of range for {target.name} ({target.num_layers} layers)")
-    out.mkdir(parents=True, exist_ok=True)
-    spec_file, man_file = out / "cache-spec.json", out / "manifest.json"
-    if spec_file.exists():
-        ver = json.loads(spec_file.read_text()).get("version")
-        if ver != VERSION:
-            raise CacheError(f"{out} holds a version-{ver} cache (this writer makes version {VERSION}); "
-                             f"use another directory")
-        old = CacheSpec.from_dict(json.loads(spec_file.read_text()))
-        if old != spec:
-            diff = [k for k in spec.to_dict() if spec.to_dict()[k] != old.to_dict()[k]]
-            raise CacheError(f"{out} holds a cache with a different {diff[0]} "
-                             f"({old.to_dict()[diff[0]]} ≠ {spec.to_dict()[diff[0]]}); use another directory")
-    else:
-        _write_json_atomic(spec_file, spec.to_dict() | {"format": FORMAT, "version": VERSION})
-    man_file.unlink(missing_ok=True)  # a manifest is only valid for the final set of shards
-    shards = _completed_shards(out)
-    named = {m["file"] for r in shards for m in r["files"].values()}
-    for p in out.glob("shard-*"):  # leftovers of a shard killed mid-write
-        if p.suffix != ".json" and p.name not in named or ".tmp" in p.name:
-            p.unlink()
+    _open_dir(out, spec)
+    shards = _resume_shards(out)
     done = {s[0] for r in shards for s in r["samples"]}
-    stats = WriteStats(resumed_samples=len(done))
-    stats.truncated = sum(r.get("truncated", 0) for r in shards)
+    stats = WriteStats(resumed_samples=len(done), truncated=sum(r.get("truncated", 0) for r in shards))
     skipped_empty = sum(r.get("skipped_empty", 0) for r in shards)
     todo = [s for s in samples if str(s["id"]) not in done]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo), desc="cache", unit="sample", dynamic_ncols=True)
+    writer = _ShardWriter(out, dtype, shards, stats)
     t0 = time.perf_counter()
-    buf: dict[str, list] = {f: [] for f in FIELDS}
-    index: list[list] = []
-    counters = {"tok": 0, "trunc": 0, "empty": 0}
-
-    def flush() -> None:
-        if not index:
-            return
-        k = len(shards)
-        rec = {"name": _shard_name(k), "samples": [list(x) for x in index], "tokens": counters["tok"],
-               "truncated": counters["trunc"], "skipped_empty": counters["empty"], "files": {}}
-        for f in FIELDS:
-            arr = np.concatenate(buf[f], axis=0)
-            fname = f"{_shard_name(k)}.{f}.npy"
-            tmp = out / (fname + f".tmp{os.getpid()}")
-            with tmp.open("wb") as fh:
-                np.save(fh, arr)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, out / fname)
-            rec["files"][f] = {"file": fname, "bytes": (out / fname).stat().st_size,
-                               "sha256": _sha256(out / fname), "dtype": str(arr.dtype),
-                               "shape": list(arr.shape)}
-            stats.bytes += rec["files"][f]["bytes"]
-        _write_json_atomic(out / f"{_shard_name(k)}.json", rec)
-        shards.append(rec)
-        for f in FIELDS:
-            buf[f].clear()
-        index.clear()
-        counters.update(tok=0, trunc=0, empty=0)
-
-    for s in todo:
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            stats.stopped_early = True
-            break
-        ids, mask = list(s["input_ids"]), loss_mask_of(s)
-        if len(ids) > max_len:
-            ids, mask = ids[:max_len], mask[:max_len]
-            counters["trunc"] += 1
-            stats.truncated += 1
-        if sum(mask[1:]) == 0:
-            counters["empty"] += 1
-            skipped_empty += 1
-        else:
+    with tqdm(todo, desc="cache", unit="sample", dynamic_ncols=True, disable=not progress) as bar:
+        for s in bar:
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                stats.stopped_early = True
+                break
+            ids, mask = list(s["input_ids"]), loss_mask_of(s)
+            if len(ids) > max_len:
+                ids, mask = ids[:max_len], mask[:max_len]
+                writer.trunc += 1
+                stats.truncated += 1
+            if sum(mask[1:]) == 0:
+                writer.empty += 1
+                skipped_empty += 1
+                continue
             with torch.inference_mode():
-                item = compute_item(target, str(s["id"]), ids, mask, spec.layer_ids)
-            index.append([item.id, counters["tok"], len(ids)])
-            buf["ids"].append(np.asarray(ids, dtype=np.int32))
-            buf["mask"].append(np.asarray(mask, dtype=np.uint8))
-            buf["taps"].append(_to_np(item.taps, dtype))
-            buf["last"].append(_to_np(item.last, dtype))
-            buf["lse"].append(item.lse.numpy().astype(np.float32))
-            counters["tok"] += len(ids)
+                writer.add(compute_item(target, str(s["id"]), ids, mask, spec.layer_ids), ids, mask)
             stats.samples += 1
             stats.tokens += len(ids)
-            if counters["tok"] >= shard_tokens:
-                flush()
-        if bar is not None:
-            bar.update(1)
-    flush()
-    if bar is not None:
-        bar.close()
-    manifest = {"format": FORMAT, "version": VERSION, "spec": spec.to_dict(),
-                "num_samples": sum(len(r["samples"]) for r in shards),
-                "num_tokens": sum(r["tokens"] for r in shards),
-                "truncated": stats.truncated, "skipped_empty": skipped_empty,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "shards": shards}
-    _write_json_atomic(man_file, manifest)
+            if writer.tok >= shard_tokens:
+                writer.flush()
+        writer.flush()
+    _write_manifest(out, spec, shards, stats.truncated, skipped_empty)
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -327,16 +345,13 @@ class TargetCache:
     def __init__(self, path: str | os.PathLike, *, verify: bool = True,
                  expect: dict | None = None) -> None:
         self.path = Path(path)
-        man = self.path / "manifest.json"
+        man = self.path / MANIFEST_FILE
         if not self.path.is_dir():
             raise CacheError(f"cache directory {str(self.path)!r} does not exist")
         if not man.exists():
             raise CacheError(f"{self.path} has no manifest.json: the cache is incomplete "
                              f"(run `dspark-viz prepare cache` again to finish it)")
-        try:
-            m = json.loads(man.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CacheError(f"{man} is not valid JSON ({e})") from None
+        m = _read_json(man)
         if not isinstance(m, dict) or m.get("format") != FORMAT:
             raise CacheError(f"{man} is not a {FORMAT} manifest")
         if m.get("version") not in READABLE_VERSIONS:
@@ -356,34 +371,35 @@ class TargetCache:
         self._arrays: list[dict[str, np.ndarray]] = []
         self.index: list[tuple[int, int, int, str]] = []  # (shard, offset, length, id)
         for k, rec in enumerate(m.get("shards", [])):
-            arrs = {}
-            for f in fields_:
-                meta = rec["files"].get(f)
-                if meta is None:
-                    raise CacheError(f"shard {rec.get('name')} lists no {f} file")
-                p = self.path / meta["file"]
-                if not p.exists():
-                    raise CacheError(f"shard file {p.name} is missing")
-                if p.stat().st_size != meta["bytes"]:
-                    raise CacheError(f"shard file {p.name} has {p.stat().st_size} bytes, manifest "
-                                     f"says {meta['bytes']} (truncated or corrupt)")
-                if verify and _sha256(p) != meta["sha256"]:
-                    raise CacheError(f"shard file {p.name} fails its sha256 checksum (corrupt)")
-                try:
-                    a = np.load(p, mmap_mode="r")
-                except ValueError as e:
-                    raise CacheError(f"shard file {p.name} is not a readable .npy ({e})") from None
-                if a.shape[0] != rec["tokens"] or (want_cols[f] and a.shape[1] != want_cols[f]):
-                    raise CacheError(f"shard file {p.name} has shape {a.shape}, expected "
-                                     f"{rec['tokens']} tokens × {want_cols[f] or 1}")
-                arrs[f] = a
-            self._arrays.append(arrs)
+            self._arrays.append({f: self._open_array(rec, f, want_cols[f], verify) for f in fields_})
             for sid, off, n in rec["samples"]:
                 if off + n > rec["tokens"]:
                     raise CacheError(f"shard {rec['name']}: sample {sid} runs past the shard end")
                 self.index.append((k, int(off), int(n), str(sid)))
         if len(self.index) != m.get("num_samples"):
             raise CacheError(f"{man}: num_samples {m.get('num_samples')} ≠ {len(self.index)} indexed")
+
+    def _open_array(self, rec: dict, f: str, cols: int | None, verify: bool) -> np.ndarray:
+        """The memory-mapped ``f`` array of shard ``rec``, checked (size, checksum, shape)."""
+        meta = rec["files"].get(f)
+        if meta is None:
+            raise CacheError(f"shard {rec.get('name')} lists no {f} file")
+        p = self.path / meta["file"]
+        if not p.exists():
+            raise CacheError(f"shard file {p.name} is missing")
+        if p.stat().st_size != meta["bytes"]:
+            raise CacheError(f"shard file {p.name} has {p.stat().st_size} bytes, manifest "
+                             f"says {meta['bytes']} (truncated or corrupt)")
+        if verify and _sha256(p) != meta["sha256"]:
+            raise CacheError(f"shard file {p.name} fails its sha256 checksum (corrupt)")
+        try:
+            a = np.load(p, mmap_mode="r")
+        except ValueError as e:
+            raise CacheError(f"shard file {p.name} is not a readable .npy ({e})") from None
+        if a.shape[0] != rec["tokens"] or (cols and a.shape[1] != cols):
+            raise CacheError(f"shard file {p.name} has shape {a.shape}, expected "
+                             f"{rec['tokens']} tokens × {cols or 1}")
+        return a
 
     def __len__(self) -> int:
         return len(self.index)

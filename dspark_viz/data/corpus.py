@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from dspark_viz.data.sources import Prompt
+from dspark_viz.io import atomic_path
 
 
 def corpus_samples(prompts: Sequence[Prompt], encode, *, max_tokens: int = 512,
@@ -48,15 +49,14 @@ def corpus_samples(prompts: Sequence[Prompt], encode, *, max_tokens: int = 512,
 
 
 def write_samples(path: str | os.PathLike, samples: Iterable[dict]) -> int:
+    """Write samples as JSONL atomically; returns the number of records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w") as f:
         for s in samples:
             f.write(json.dumps(s) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

@@ -18,8 +18,9 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from dspark_viz.errors import UserError
 from dspark_viz.data.sources import Prompt, builtin
+from dspark_viz.errors import UserError, one_line
+from dspark_viz.io import atomic_path
 
 SPLITS = ("train", "val")
 
@@ -108,8 +109,7 @@ def read_hub(name: str, split: str = "train", limit: int | None = None) -> list[
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # offline, unknown name, … — report in one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise PromptError(f"cannot load hub dataset {name!r} (offline?): {first}") from None
+        raise PromptError(f"cannot load hub dataset {name!r} (offline?): {one_line(e)}") from None
     out = []
     for i, row in enumerate(ds):
         if limit is not None and len(out) >= limit:
@@ -124,7 +124,7 @@ def load_source(spec: str, *, n: int = 100, seed: int = 0) -> list[Prompt]:
         try:
             return builtin(spec.split(":", 1)[1], n, seed)
         except ValueError as e:
-            raise PromptError(str(e)) from None
+            raise PromptError(one_line(e)) from None
     if spec.startswith("hub:"):
         return read_hub(spec.split(":", 1)[1], limit=n)
     p = Path(spec)
@@ -164,13 +164,11 @@ def write_jsonl(path: str | os.PathLike, prompts: Iterable[Prompt]) -> int:
     """Write atomically (temp file + rename); returns the number of records."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for p in prompts:
             f.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 

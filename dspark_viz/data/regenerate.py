@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
+from tqdm import tqdm
 
-from dspark_viz.errors import UserError
-from dspark_viz.data.prompts import PromptError, iter_jsonl, _record_to_prompt
+from dspark_viz.data.prompts import PromptError, iter_jsonl, read_jsonl
 from dspark_viz.data.sources import Prompt
+from dspark_viz.errors import UserError
 
 
 class RegenError(UserError):
@@ -222,8 +223,7 @@ def completed_ids(path: str | os.PathLike) -> set[str]:
     return done
 
 
-def read_prompts(path: str | os.PathLike) -> list[Prompt]:
-    return [_record_to_prompt(obj, f"{path}:{n}", n) for n, obj in iter_jsonl(path)]
+read_prompts = read_jsonl  # the prompt records regeneration answers (``prompts.read_jsonl``)
 
 
 def read_samples(path: str | os.PathLike) -> list[dict]:
@@ -266,6 +266,42 @@ class RegenStats:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def _answer_batch(batch: Sequence[Prompt], first_ids: dict, *, backend: Backend, tokenizer,
+                  template: ChatTemplate, enc_more, max_new_tokens: int, max_prompt_tokens: int,
+                  stats: RegenStats) -> list[dict]:
+    """Answer a batch turn by turn (each turn in context of the earlier generated answers);
+    per prompt its ids, loss spans, conversation and whether every answer finished."""
+    state = [{"ids": list(first_ids[p.id]), "spans": [], "conv": [], "ok": True} for p in batch]
+    n_turns = 1 if template.raw else max(len(p.turns) for p in batch)
+    for t in range(n_turns):
+        act = [i for i, p in enumerate(batch) if state[i]["ok"] and
+               (t == 0 or (not template.raw and t < len(p.turns)))]
+        if not act:
+            break
+        for i in act:
+            if t > 0:
+                state[i]["ids"] += enc_more(template.sep + template.user.format(
+                    batch[i].turns[t]) + template.assistant_open)
+            if len(state[i]["ids"]) > max_prompt_tokens:
+                state[i]["ok"] = False
+        act = [i for i in act if state[i]["ok"]]
+        if not act:
+            break
+        gens = backend.generate([list(state[i]["ids"]) for i in act], max_new_tokens)
+        for i, (gen, finished) in zip(act, gens):
+            s = state[i]
+            s["conv"].append({"role": "user", "content": batch[i].raw_text()
+                              if template.raw else batch[i].turns[t]})
+            s["conv"].append({"role": "assistant", "content": tokenizer.decode(gen)})
+            s["spans"].append([len(s["ids"]), len(s["ids"]) + len(gen)])
+            s["ids"] += gen
+            stats.generated_tokens += len(gen)
+            if not finished:
+                s["ok"] = False
+                s["unfinished"] = True
+    return state
+
+
 def regenerate(prompts: Sequence[Prompt], out_path: str | os.PathLike, *, backend: Backend,
                tokenizer, template: ChatTemplate, target_name: str, max_new_tokens: int = 256,
                batch_size: int = 8, max_prompt_tokens: int = 2048, progress: bool = True
@@ -289,44 +325,16 @@ def regenerate(prompts: Sequence[Prompt], out_path: str | os.PathLike, *, backen
                                  template.user.format(p.turns[0]) + template.assistant_open)
                  for p in todo}
     todo.sort(key=lambda p: (len(first_ids[p.id]), p.id))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo), desc="regenerate", unit="sample", dynamic_ncols=True)
     t0 = time.perf_counter()
-    with out_path.open("a", encoding="utf-8") as f:
+    with out_path.open("a", encoding="utf-8") as f, \
+            tqdm(total=len(todo), desc="regenerate", unit="sample", dynamic_ncols=True,
+                 disable=not progress) as bar:
         for b0 in range(0, len(todo), batch_size):
             batch = todo[b0: b0 + batch_size]
-            state = [{"ids": list(first_ids[p.id]), "spans": [], "conv": [], "ok": True}
-                     for p in batch]
-            n_turns = 1 if template.raw else max(len(p.turns) for p in batch)
-            for t in range(n_turns):
-                act = [i for i, p in enumerate(batch) if state[i]["ok"] and
-                       (t == 0 or (not template.raw and t < len(p.turns)))]
-                if not act:
-                    break
-                for i in act:
-                    if t > 0:
-                        state[i]["ids"] += enc_more(template.sep + template.user.format(
-                            batch[i].turns[t]) + template.assistant_open)
-                    if len(state[i]["ids"]) > max_prompt_tokens:
-                        state[i]["ok"] = False
-                act = [i for i in act if state[i]["ok"]]
-                if not act:
-                    break
-                gens = backend.generate([list(state[i]["ids"]) for i in act], max_new_tokens)
-                for i, (gen, finished) in zip(act, gens):
-                    s = state[i]
-                    s["conv"].append({"role": "user", "content": batch[i].raw_text()
-                                      if template.raw else batch[i].turns[t]})
-                    s["conv"].append({"role": "assistant",
-                                      "content": tokenizer.decode(gen)})
-                    s["spans"].append([len(s["ids"]), len(s["ids"]) + len(gen)])
-                    s["ids"] += gen
-                    stats.generated_tokens += len(gen)
-                    if not finished:
-                        s["ok"] = False
-                        s["unfinished"] = True
+            state = _answer_batch(batch, first_ids, backend=backend, tokenizer=tokenizer,
+                                  template=template, enc_more=enc_more,
+                                  max_new_tokens=max_new_tokens,
+                                  max_prompt_tokens=max_prompt_tokens, stats=stats)
             for p, s in zip(batch, state):
                 if not s["spans"]:  # prompt alone exceeded max_prompt_tokens
                     stats.skipped += 1
@@ -339,11 +347,7 @@ def regenerate(prompts: Sequence[Prompt], out_path: str | os.PathLike, *, backen
                 stats.unfinished += bool(s.get("unfinished"))
             f.flush()
             os.fsync(f.fileno())
-            if bar is not None:
-                bar.update(len(batch))
-                bar.set_postfix(tok_s=f"{stats.generated_tokens / (time.perf_counter() - t0):.1f}")
-    if bar is not None:
-        bar.close()
+            bar.update(len(batch))
+            bar.set_postfix(tok_s=f"{stats.generated_tokens / (time.perf_counter() - t0):.1f}")
     stats.seconds = time.perf_counter() - t0
     return stats
-

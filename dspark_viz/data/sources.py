@@ -20,6 +20,8 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dspark_viz.eval.prompts import builtin_sets
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -394,7 +396,6 @@ def near_duplicate(text: str, others: list[str], *, k: int = 6, max_jaccard: flo
 def tasks(n: int, seed: int = 0) -> list[Prompt]:
     """``n`` code / math / prose requests (a third each, in turn), unique, none near any of the
     project's held-out eval prompts (``dspark_viz.eval.prompts``)."""
-    from dspark_viz.eval.prompts import builtin_sets
     held_out = [t for ts in builtin_sets().values() for t in ts]
     rng = random.Random(seed)
     makers = (("code", _code_task), ("math", _math_task), ("prose", _prose_task))

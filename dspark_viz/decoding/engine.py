@@ -11,6 +11,8 @@ Modes: "dspark", "dflash" (Markov head off: the parallel-only drafter), "ar" (pl
 decoding, one token per target pass — the baseline). What-ifs: ``markov_off`` and
 ``force_ell``. ``step_batch`` runs several sessions in lock step under one policy decision
 (target passes stay per request; the decision is joint, as a serving engine's would be).
+The capacity curve SPS(B) travels one way: inside the policy (``policy.capacity``); the trace
+keeps its name and a sample of it (``TraceMeta.capacity_curve``) so it can be drawn on replay.
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ import numpy as np
 import torch
 
 from dspark_viz.config import ConfigError, DecodeConfig
-from dspark_viz.decoding.policy import Decision, Fixed, RequestView
-from dspark_viz.sampling import draw, warp
-from dspark_viz.decoding.trace import (SCHEMA_VERSION, BiasEntry, DraftPos, Round, Schedule,
-                                       Summary, Timings, TokenProb, Trace, TraceMeta, VerifyPos)
+from dspark_viz.decoding.decision import Decision, RequestView
+from dspark_viz.decoding.policy import Fixed
+from dspark_viz.decoding.scheduler import sample_sps
+from dspark_viz.decoding.trace import (MAX_CURVE_POINTS, SCHEMA_VERSION, BiasEntry, CurveSample,
+                                       DraftPos, Round, Schedule, Summary, Timings, TokenProb,
+                                       Trace, TraceMeta, VerifyPos)
 from dspark_viz.decoding.verify import commit, verify_block
 from dspark_viz.drafter.model import ContextCache, DSparkDrafter, Proposal, check_compatible
+from dspark_viz.sampling import draw, warp
 
 
 class Background(Protocol):
@@ -56,6 +61,28 @@ def calibrate_conf(conf_logit: np.ndarray, temps: list[float] | None) -> np.ndar
     return 1.0 / (1.0 + np.exp(-conf_logit / t))
 
 
+def confidence_problem(policy, drafter, cfg: DecodeConfig) -> str | None:
+    """Why ``policy`` cannot run with ``drafter`` under ``cfg`` (it needs confidences the drafter
+    has no head for), or None. The one check: the engine raises it, the app falls back on it."""
+    if cfg.mode == "ar" or cfg.force_ell is not None or drafter is None:
+        return None
+    if getattr(policy, "needs_confidence", True) and getattr(drafter, "confidence", None) is None:
+        return f"policy {policy.name} needs a drafter with a confidence head"
+    return None
+
+
+def curve_problem(policy) -> str | None:
+    """Why ``policy`` cannot decide in the engine (it needs a capacity curve and holds none)."""
+    if getattr(policy, "needs_curve", False) and getattr(policy, "capacity", None) is None:
+        return (f"policy {policy.name} needs a capacity curve: build it with one "
+                "(dspark_viz.load.policy_spec.policy_from_spec, or parse_policy(spec, γ, curve=…))")
+    return None
+
+
+def _curve_name(policy) -> str:
+    return str(getattr(getattr(policy, "capacity", None), "name", "") or "")
+
+
 def _topk(logits: torch.Tensor, k: int) -> list[list[TokenProb]]:
     """logits [n, V] → per row the top-k (token, logit, prob at T = 1)."""
     probs = torch.softmax(logits.float(), -1)
@@ -69,7 +96,7 @@ class SpecSession:
     """One request decoded speculatively (or plainly), recording a ``Trace``."""
 
     def __init__(self, target, drafter: DSparkDrafter | None = None,
-                 cfg: DecodeConfig = DecodeConfig(), *, policy=None, capacity=None,
+                 cfg: DecodeConfig = DecodeConfig(), *, policy=None,
                  background: Background | None = None, request_id: int = 0,
                  drafter_name: str = "") -> None:
         if cfg.mode != "ar" and drafter is None:
@@ -78,10 +105,9 @@ class SpecSession:
             check_compatible(drafter.cfg, target)
         self.target, self.drafter, self.cfg = target, drafter, cfg
         self.policy = policy if policy is not None else Fixed(cfg.gamma)
-        needs_conf = not isinstance(self.policy, Fixed)
-        if needs_conf and cfg.mode != "ar" and drafter.confidence is None and cfg.force_ell is None:
-            raise ConfigError(f"policy {self.policy.name} needs a drafter with a confidence head")
-        self.capacity = capacity
+        problem = confidence_problem(self.policy, drafter, cfg) or curve_problem(self.policy)
+        if problem:
+            raise ConfigError(problem)
         self.background = background
         self.request_id = request_id
         self.drafter_name = drafter_name or ("none" if drafter is None else "drafter")
@@ -96,6 +122,7 @@ class SpecSession:
         self._t0 = 0.0
         self._wall = 0.0
         self.prompt = ""
+        self._curve_sample: CurveSample | None = None
 
     # ------------------------------------------------------------------ prefill
     @property
@@ -201,7 +228,7 @@ class SpecSession:
         if self.layer_ids:
             self.drafter.extend_context(self.ctx, out.taps[:, : res.n_accepted + 1])
         verify_ms = (time.perf_counter() - t_v) * 1e3
-        rnd = self._record(pend, decision, ell, drafts, out.logits[0], p, res, committed,
+        rnd = self._record(pend, decision, ell, drafts, out.logits[0], res, committed,
                            n_acc_committed, hit_eos, load, schedule_ms, verify_ms)
         self.rounds.append(rnd)
         self.generated.extend(committed)
@@ -215,7 +242,7 @@ class SpecSession:
 
     def step(self) -> Round:
         """One round for this request (with any simulated background requests)."""
-        return step_batch([self], self.policy, self.capacity, background=self.background)[0]
+        return step_batch([self], self.policy, background=self.background)[0]
 
     def run(self, prompt: str | Sequence[int] | None = None, *, progress=None) -> Trace:
         if prompt is not None:
@@ -227,67 +254,21 @@ class SpecSession:
         return self.trace()
 
     # ------------------------------------------------------------------ trace
-    def _record(self, pend, decision, ell, drafts, logits, p, res, committed, n_acc, hit_eos,
+    def _record(self, pend, decision, ell, drafts, logits, res, committed, n_acc, hit_eos,
                 load, schedule_ms, verify_ms) -> Round:
-        cfg, k_rec = self.cfg, self.cfg.record_topk
+        """The ``Round`` of one finished step: drafts, schedule, verification, commit, timings."""
         prop = pend.proposal
-        draft_pos: list[DraftPos] = []
-        if prop is not None:
-            # the trace is built on the CPU whatever the device (small tensors, one copy each)
-            base = prop.base_logits[0].float().cpu()  # [γ, Vd] over draft indices
-            ids = prop.base_ids.cpu() if prop.base_ids is not None else torch.arange(base.shape[-1])
-            bias_all = prop.bias[0].float().cpu() if prop.bias is not None else None  # [γ, K]
-            if prop.cand is not None:  # sequential stage ran over candidates [γ, K]
-                cand = prop.cand[0].cpu()
-                cbase = torch.gather(base, -1, cand)
-            else:
-                cand = torch.arange(base.shape[-1]).expand(base.shape[0], -1)
-                cbase = base
-            cand = ids[cand]  # [γ, K] target ids
-            markov_on = bias_all is not None and self.use_markov
-            corrected = cbase + bias_all if markov_on else cbase  # [γ, K]
-            base_top = [[TokenProb(int(ids[t.token]), t.logit, t.prob) for t in row]
-                        for row in _topk(base, k_rec)]
-            corr_top = [[TokenProb(int(cand[r, t.token]), t.logit, t.prob) for t in row]
-                        for r, row in enumerate(_topk(corrected, k_rec))]
-            boosted, suppressed = [], []
-            if markov_on:
-                bias = bias_all  # [γ, K]
-                bv, bi = torch.topk(bias, k_rec, dim=-1)
-                top50 = torch.topk(cbase, min(50, cbase.shape[-1]), dim=-1).indices
-                cb = torch.gather(bias, -1, top50)
-                sv, si = torch.topk(-cb, k_rec, dim=-1)
-                boosted = [[BiasEntry(int(cand[r, t]), float(b)) for t, b in zip(ti, vi)]
-                           for r, (ti, vi) in enumerate(zip(bi.tolist(), bv.tolist()))]
-                suppressed = [[BiasEntry(int(cand[r, top50[r, j]]), float(-v)) for j, v in zip(sj, vj)]
-                              for r, (sj, vj) in enumerate(zip(si.tolist(), sv.tolist()))]
-            a_raw = np.cumprod(pend.conf_raw) if pend.conf_raw is not None else None
-            a_cal = np.cumprod(pend.conf_cal) if pend.conf_cal is not None else None
-            for k in range(len(drafts)):
-                draft_pos.append(DraftPos(
-                    k=k + 1, base_topk=base_top[k], boosted=boosted[k] if boosted else [],
-                    suppressed=suppressed[k] if suppressed else [], corrected_topk=corr_top[k],
-                    token=drafts[k], p_d=float(prop.q[0, k, drafts[k]]),
-                    conf_raw=None if pend.conf_raw is None else float(pend.conf_raw[k]),
-                    conf_cal=None if pend.conf_cal is None else float(pend.conf_cal[k]),
-                    a_raw=None if a_raw is None else float(a_raw[k]),
-                    a_cal=None if a_cal is None else float(a_cal[k])))
-        tgt_top = _topk(logits, k_rec)
+        draft_pos = self._draft_positions(pend, drafts) if prop is not None else []
+        tgt_top = _topk(logits, self.cfg.record_topk)
         verify = [VerifyPos(k=k + 1, token=c.token, p_t=c.p_t, p_d=c.p_d, ratio=c.ratio,
                             uniform=c.uniform, accepted=c.accepted, target_topk=tgt_top[k])
                   for k, c in enumerate(res.checks)]
         appended_in = len(committed) > res.n_accepted
-        kind = ("target" if cfg.mode == "ar" else res.kind) if appended_in else "none"
-        sched = Schedule(policy=self.policy.name if cfg.force_ell is None else f"forced({cfg.force_ell})",
-                         lossless=bool(getattr(self.policy, "lossless", True)), load=load,
-                         ell=ell, gamma=cfg.gamma if prop is not None else 0,
-                         stop=decision.stop if cfg.force_ell is None else "forced",
-                         forced=cfg.force_ell is not None,
-                         capacity=getattr(self.capacity, "name", "") if self.capacity else "",
-                         path=list(decision.path))
+        kind = ("target" if self.cfg.mode == "ar" else res.kind) if appended_in else "none"
         total_ms = (time.perf_counter() - pend.t_start) * 1e3
         rnd = Round(index=len(self.rounds), request=self.request_id, anchor=self.anchor,
-                    anchor_pos=self.anchor_pos, draft=draft_pos, schedule=sched, verify=verify,
+                    anchor_pos=self.anchor_pos, draft=draft_pos,
+                    schedule=self._schedule(decision, ell, load, prop is not None), verify=verify,
                     n_accepted=n_acc, appended=res.appended if appended_in else None,
                     appended_kind=kind, appended_topk=tgt_top[min(res.n_accepted, len(tgt_top) - 1)],
                     committed=committed, dropped=drafts[ell:], eos=hit_eos,
@@ -295,19 +276,79 @@ class SpecSession:
                                     markov_ms=prop.markov_ms if prop else 0.0,
                                     schedule_ms=schedule_ms, verify_ms=verify_ms,
                                     total_ms=total_ms))
-        ids = self._vocab_ids
-        ids.update(drafts)
-        ids.update(committed)
-        for d in draft_pos:
-            ids.update(t.token for t in d.base_topk + d.corrected_topk)
-            ids.update(b.token for b in d.boosted + d.suppressed)
-        for v in verify:
-            ids.update(t.token for t in v.target_topk)
-        ids.update(t.token for t in rnd.appended_topk)
+        self._note_vocab(rnd, drafts)
         return rnd
 
-    def trace(self) -> Trace:
-        cfg = self.cfg
+    def _schedule(self, decision: Decision, ell: int, load: int, drafted: bool) -> Schedule:
+        forced = self.cfg.force_ell is not None
+        return Schedule(policy=f"forced({self.cfg.force_ell})" if forced else self.policy.name,
+                        lossless=bool(getattr(self.policy, "lossless", True)), load=load,
+                        ell=ell, gamma=self.cfg.gamma if drafted else 0,
+                        stop="forced" if forced else decision.stop, forced=forced,
+                        capacity=_curve_name(self.policy), path=list(decision.path))
+
+    def _draft_positions(self, pend: _Pending, drafts: list[int]) -> list[DraftPos]:
+        """The γ draft positions: parallel-stage and corrected top-k, Markov biases, confidences."""
+        prop, k_rec = pend.proposal, self.cfg.record_topk
+        # the trace is built on the CPU whatever the device (small tensors, one copy each)
+        base = prop.base_logits[0].float().cpu()  # [γ, Vd] over draft indices
+        ids = prop.base_ids.cpu() if prop.base_ids is not None else torch.arange(base.shape[-1])
+        bias = prop.bias[0].float().cpu() if prop.bias is not None else None  # [γ, K]
+        if prop.cand is not None:  # sequential stage ran over candidates [γ, K]
+            cand = prop.cand[0].cpu()
+            cbase = torch.gather(base, -1, cand)
+        else:
+            cand = torch.arange(base.shape[-1]).expand(base.shape[0], -1)
+            cbase = base
+        cand = ids[cand]  # [γ, K] target ids
+        markov_on = bias is not None and self.use_markov
+        corrected = cbase + bias if markov_on else cbase  # [γ, K]
+        base_top = [[TokenProb(int(ids[t.token]), t.logit, t.prob) for t in row]
+                    for row in _topk(base, k_rec)]
+        corr_top = [[TokenProb(int(cand[r, t.token]), t.logit, t.prob) for t in row]
+                    for r, row in enumerate(_topk(corrected, k_rec))]
+        boosted, suppressed = _bias_entries(bias, cbase, cand, k_rec) if markov_on else ([], [])
+        raw, cal = pend.conf_raw, pend.conf_cal
+        a_raw = np.cumprod(raw) if raw is not None else None
+        a_cal = np.cumprod(cal) if cal is not None else None
+
+        def opt(x, k):
+            return None if x is None else float(x[k])
+        return [DraftPos(k=k + 1, base_topk=base_top[k], boosted=boosted[k] if boosted else [],
+                         suppressed=suppressed[k] if suppressed else [],
+                         corrected_topk=corr_top[k], token=drafts[k],
+                         p_d=float(prop.q[0, k, drafts[k]]), conf_raw=opt(raw, k),
+                         conf_cal=opt(cal, k), a_raw=opt(a_raw, k), a_cal=opt(a_cal, k))
+                for k in range(len(drafts))]
+
+    def _note_vocab(self, rnd: Round, drafts: list[int]) -> None:
+        """Remember every token id the round mentions (the trace's vocab covers them all)."""
+        ids = self._vocab_ids
+        ids.update(drafts)
+        ids.update(rnd.committed)
+        for d in rnd.draft:
+            ids.update(t.token for t in d.base_topk + d.corrected_topk)
+            ids.update(b.token for b in d.boosted + d.suppressed)
+        for v in rnd.verify:
+            ids.update(t.token for t in v.target_topk)
+        ids.update(t.token for t in rnd.appended_topk)
+
+    def _capacity_curve(self, load: int) -> CurveSample | None:
+        """The policy's curve bound to ``load``, sampled at every B the rounds' figures draw:
+        B ≤ 1.5·(R·(1 + γ) + 1) + 1 with R the largest load of any round (capped)."""
+        curve = getattr(self.policy, "capacity", None)
+        if curve is None:
+            return None
+        r_max = max([load] + [r.schedule.load for r in self.rounds if r.schedule is not None])
+        b_max = min(MAX_CURVE_POINTS, int(1.5 * (r_max * (1 + self.cfg.gamma) + 1)) + 2)
+        c = self._curve_sample
+        if c is None or c.load != load or len(c.sps) != b_max:
+            c = CurveSample(name=_curve_name(self.policy), load=load,
+                            sps=sample_sps(curve, load, b_max))
+            self._curve_sample = c
+        return CurveSample(c.name, c.load, list(c.sps))
+
+    def _summary(self) -> Summary:
         rounds = self.rounds
         drafted = sum(len(r.draft) for r in rounds)
         verified = sum(len(r.verify) for r in rounds)
@@ -315,14 +356,17 @@ class SpecSession:
         new = len(self.generated)
         forwards = 1 + len(rounds)
         wall = max(self._wall, 1e-9)
-        tok = self.target.tokenizer
-        summary = Summary(rounds=len(rounds), new_tokens=new, drafted=drafted, verified=verified,
-                          accepted=accepted,
-                          tau_mean=float(np.mean([r.tau for r in rounds])) if rounds else 0.0,
-                          acceptance_rate=accepted / verified if verified else 0.0,
-                          target_forwards=forwards, tokens_per_forward=new / forwards,
-                          wall_s=wall, tokens_per_s=new / wall,
-                          stop_reason=self.stop_reason or "running")
+        return Summary(rounds=len(rounds), new_tokens=new, drafted=drafted, verified=verified,
+                       accepted=accepted,
+                       tau_mean=float(np.mean([r.tau for r in rounds])) if rounds else 0.0,
+                       acceptance_rate=accepted / verified if verified else 0.0,
+                       target_forwards=forwards, tokens_per_forward=new / forwards,
+                       wall_s=wall, tokens_per_s=new / wall,
+                       stop_reason=self.stop_reason or "running")
+
+    def trace(self) -> Trace:
+        cfg, d = self.cfg, self.drafter
+        load = 1 + (len(self.background.views()) if self.background else 0)
         meta = TraceMeta(target=self.target.name, drafter=self.drafter_name, mode=cfg.mode,
                          gamma=cfg.gamma, temperature=cfg.temperature, top_k=cfg.top_k,
                          top_p=cfg.top_p, seed=cfg.seed, max_new_tokens=cfg.max_new_tokens,
@@ -331,20 +375,34 @@ class SpecSession:
                          device=str(self.target.device),
                          created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                          markov_off=cfg.markov_off, force_ell=cfg.force_ell,
-                         calibrated=bool(cfg.calibrated and self.drafter is not None
-                                         and self.drafter.calibration),
-                         load=1 + (len(self.background.views()) if self.background else 0),
-                         capacity=getattr(self.capacity, "name", "") if self.capacity else "",
-                         conf_label=(getattr(self.drafter, "conf_label", "")
-                                     if getattr(self.drafter, "confidence", None) is not None else ""),
-                         calibration_temperature=(getattr(self.drafter, "calibration_temperature", None)
-                                                  if self.drafter is not None else None))
+                         calibrated=bool(cfg.calibrated and d is not None and d.calibration),
+                         load=load, capacity=_curve_name(self.policy),
+                         conf_label=(getattr(d, "conf_label", "")
+                                     if getattr(d, "confidence", None) is not None else ""),
+                         calibration_temperature=(getattr(d, "calibration_temperature", None)
+                                                  if d is not None else None),
+                         capacity_curve=self._capacity_curve(load))
+        tok = self.target.tokenizer
         vocab = {str(i): tok.token_text(i) for i in sorted(self._vocab_ids)}
-        return Trace(version=SCHEMA_VERSION, meta=meta, rounds=list(rounds), summary=summary,
-                     vocab=vocab, text=tok.decode(self.generated))
+        return Trace(version=SCHEMA_VERSION, meta=meta, rounds=list(self.rounds),
+                     summary=self._summary(), vocab=vocab, text=tok.decode(self.generated))
 
 
-def step_batch(sessions: Sequence[SpecSession], policy, capacity=None, *,
+def _bias_entries(bias, cbase, cand, k_rec: int):
+    """Per position the k largest Markov biases among the candidates (boosted) and the k most
+    negative among the parallel stage's top 50 (suppressed). bias, cbase, cand: [γ, K]."""
+    bv, bi = torch.topk(bias, k_rec, dim=-1)
+    top50 = torch.topk(cbase, min(50, cbase.shape[-1]), dim=-1).indices
+    cb = torch.gather(bias, -1, top50)
+    sv, si = torch.topk(-cb, k_rec, dim=-1)
+    boosted = [[BiasEntry(int(cand[r, t]), float(b)) for t, b in zip(ti, vi)]
+               for r, (ti, vi) in enumerate(zip(bi.tolist(), bv.tolist()))]
+    suppressed = [[BiasEntry(int(cand[r, top50[r, j]]), float(-v)) for j, v in zip(sj, vj)]
+                  for r, (sj, vj) in enumerate(zip(si.tolist(), sv.tolist()))]
+    return boosted, suppressed
+
+
+def step_batch(sessions: Sequence[SpecSession], policy, *,
                background: Background | None = None) -> list[Round]:
     """One round for every unfinished session, with one joint policy decision.
 
@@ -359,7 +417,7 @@ def step_batch(sessions: Sequence[SpecSession], policy, capacity=None, *,
     if all(s.cfg.mode == "ar" for s in live) and not bg:
         decisions = [Decision(ell=0, stop="plain decoding") for _ in live]
     else:
-        decisions = list(policy.decide(views + bg, capacity))
+        decisions = list(policy.decide(views + bg))
     sched_ms = (time.perf_counter() - t) * 1e3
     if background is not None:
         background.advance(decisions[len(live):])
@@ -368,15 +426,15 @@ def step_batch(sessions: Sequence[SpecSession], policy, capacity=None, *,
             for s, p, d in zip(live, pend, decisions)]
 
 
-def run_batch(sessions: Sequence[SpecSession], prompts: Sequence[str | Sequence[int]], policy,
-              capacity=None) -> list[Trace]:
+def run_batch(sessions: Sequence[SpecSession], prompts: Sequence[str | Sequence[int]],
+              policy) -> list[Trace]:
     """Prefill and run several requests in lock step until all finish; one trace each."""
     if len(sessions) != len(prompts):
         raise ValueError("one prompt per session")
     for s, pr in zip(sessions, prompts):
         s.prefill(pr)
     while not all(s.done for s in sessions):
-        step_batch(sessions, policy, capacity)
+        step_batch(sessions, policy)
     return [s.trace() for s in sessions]
 
 
@@ -389,4 +447,5 @@ def plain_decode(target, prompt: str | Sequence[int], cfg: DecodeConfig) -> list
     return s.generated
 
 
-__all__ = ["SpecSession", "step_batch", "run_batch", "plain_decode", "calibrate_conf"]
+__all__ = ["SpecSession", "step_batch", "run_batch", "plain_decode", "calibrate_conf",
+           "confidence_problem", "curve_problem"]

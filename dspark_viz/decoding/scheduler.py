@@ -8,7 +8,8 @@ maximising the expected throughput Θ = τ*·SPS(B) with B = Σ_r (1 + ℓ_r) ve
 Every decision carries its explanation: the admission path [(r, j, a, B, τ*, Θ, admitted)]
 and where/why admission stopped. Not here: sampling, verification, the engine.
 
-Policies (all implement ``dspark_viz.decoding.policy.Policy``):
+Policies (all implement ``dspark_viz.decoding.decision.Policy``; each holds its curve as an
+object — names and paths are resolved by ``dspark_viz.load``, never here):
 - ``HardwareAware`` — Algorithm 1 with the early stop: admit while Θ strictly improves, stop
   at the first non-improvement. Lossless: whether (r, k) is reached depends only on
   candidates ranked before it (ties broken by request then position), none of which depend
@@ -34,15 +35,13 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 
 from dspark_viz.config import ConfigError
-from dspark_viz.decoding.policy import Decision, RequestView
+from dspark_viz.decoding.decision import Decision, RequestView
 from dspark_viz.decoding.trace import AdmissionStep
-
-DEFAULT_CAPACITY = "h200-qwen3-8b"
 
 
 # ----------------------------------------------------------------------------- pure core
@@ -155,9 +154,27 @@ def _decisions(requests, ell: np.ndarray, stop: str, path: list[AdmissionStep]) 
             for v, e in zip(requests, ell.tolist())]
 
 
-def _default_capacity(own):
-    from dspark_viz.load.capacity import resolve_capacity
-    return resolve_capacity(own if own is not None else DEFAULT_CAPACITY)
+def sample_sps(capacity, load: int, b_max: int) -> list[float]:
+    """SPS(B) of ``capacity`` bound to ``load`` requests at B = 1 .. b_max (what a trace keeps)."""
+    if b_max < 1:
+        return []
+    return _sps(_bind(capacity, max(1, int(load))), np.arange(1, b_max + 1)).tolist()
+
+
+def _check_curve(policy) -> None:
+    c = policy.capacity
+    if c is not None and not hasattr(c, "sps"):
+        raise ConfigError(f"policy {policy.name}: capacity must be a curve object, got {c!r:.60} "
+                          "(resolve names and paths with dspark_viz.load.capacity.resolve_capacity)")
+
+
+def _curve_for(policy, capacity):
+    """The curve a decision runs on: the override passed to ``decide``, else the policy's own."""
+    cap = capacity if capacity is not None else policy.capacity
+    if cap is None:
+        raise ConfigError(f"policy {policy.name} has no capacity curve: build it with one "
+                          "(parse_policy(spec, γ, curve=…)) or pass one to decide")
+    return cap
 
 
 # ----------------------------------------------------------------------------- policies
@@ -165,23 +182,23 @@ def _default_capacity(own):
 class HardwareAware:
     """Algorithm 1: greedy admission by prefix survival with the early stop (lossless).
 
-    ``capacity``: used when ``decide`` is given none (a curve, a preset name or a JSON path;
-    default ``h200-qwen3-8b``, resolved at construction). ``record_path=False`` skips building the explanation.
+    ``capacity``: the curve SPS(B) (an object; used when ``decide`` is given none).
+    ``record_path=False`` skips building the explanation.
     """
 
     capacity: object = None
     record_path: bool = True
-    lossless: bool = True
     name: str = "hardware"
     envelope: bool = True  # admission on SPS*(B) = max_{B' ≥ B} SPS(B') (docstring); False: alg1
+    lossless: ClassVar[bool] = True
+    needs_curve: ClassVar[bool] = True
+    needs_confidence: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not hasattr(self.capacity, "sps"):
-            self.capacity = _default_capacity(self.capacity)
+        _check_curve(self)
 
     def decide(self, requests: Sequence[RequestView], capacity=None) -> list[Decision]:
-        cap = capacity if capacity is not None else self.capacity
-        p = admission_path(requests, cap, envelope=self.envelope)
+        p = admission_path(requests, _curve_for(self, capacity), envelope=self.envelope)
         k = early_stop_count(p)
         if k == p.n:
             stop = "all candidates admitted" if p.n else "no candidates (all a = 0)"
@@ -203,16 +220,16 @@ class Retrospective:
 
     capacity: object = None
     record_path: bool = True
-    lossless: bool = False
     name: str = "retrospective (lossy)"
+    lossless: ClassVar[bool] = False
+    needs_curve: ClassVar[bool] = True
+    needs_confidence: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not hasattr(self.capacity, "sps"):
-            self.capacity = _default_capacity(self.capacity)
+        _check_curve(self)
 
     def decide(self, requests: Sequence[RequestView], capacity=None) -> list[Decision]:
-        cap = capacity if capacity is not None else self.capacity
-        p = admission_path(requests, cap)
+        p = admission_path(requests, _curve_for(self, capacity))
         k = global_best_count(p)
         best = p.theta[k - 1] if k else p.theta0
         stop = f"global arg-max Θ {best:.4g} after {k} of {p.n} candidates (no early stop; lossy)"
@@ -234,17 +251,18 @@ class AsyncDelayed:
     delay: int = 2
     k_init: int | None = None
     record_path: bool = True
-    lossless: bool = True
     name: str = "async"
     _pending: deque = field(default_factory=deque, repr=False)
     last_k: int | None = field(default=None, repr=False)
     last_k_source: str = field(default="", repr=False)
+    lossless: ClassVar[bool] = True
+    needs_curve: ClassVar[bool] = True
+    needs_confidence: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.delay < 1:
             raise ConfigError(f"async scheduler needs delay ≥ 1, got {self.delay}")
-        if not hasattr(self.capacity, "sps"):
-            self.capacity = _default_capacity(self.capacity)
+        _check_curve(self)
 
     def reset(self) -> None:
         self._pending.clear()
@@ -257,7 +275,7 @@ class AsyncDelayed:
         return (R if self.k_init is None else int(self.k_init)), "initial (no history yet)"
 
     def decide(self, requests: Sequence[RequestView], capacity=None) -> list[Decision]:
-        cap = capacity if capacity is not None else self.capacity
+        cap = _curve_for(self, capacity)
         K, src = self.next_k(len(requests))
         if len(self._pending) >= self.delay:
             self._pending.popleft()
@@ -271,34 +289,5 @@ class AsyncDelayed:
         return _decisions(requests, lengths_from(p, k), stop, path)
 
 
-# ----------------------------------------------------------------------------- parsing
-def _alg1(capacity=None) -> HardwareAware:
-    """Algorithm 1 on the raw curve (no envelope), as in the paper."""
-    return HardwareAware(capacity=capacity, envelope=False, name="alg1")
-
-
-_NAMES = {"hardware": HardwareAware, "hw": HardwareAware, "scheduler": HardwareAware,
-          "alg1": _alg1, "async": AsyncDelayed, "asynchronous": AsyncDelayed,
-          "retrospective": Retrospective, "retro": Retrospective}
-
-
-def parse_scheduler(spec: str):
-    """'hardware[:CURVE]', 'alg1[:CURVE]' (the raw curve, no envelope), 'async[:CURVE]',
-    'retrospective[:CURVE]' → a policy; else None.
-
-    CURVE is a capacity preset name (``h200-qwen3-8b``, …) or a capacity JSON path; it is
-    used whenever the engine passes no capacity of its own.
-    """
-    name, _, arg = spec.strip().partition(":")
-    cls = _NAMES.get(name.lower())
-    if cls is None:
-        return None
-    try:
-        return cls(capacity=arg or None)
-    except ValueError as e:
-        raise ConfigError(f"bad scheduler policy {spec!r}: {str(e).splitlines()[0]}") from None
-
-
-__all__ = ["HardwareAware", "AsyncDelayed", "Retrospective", "parse_scheduler",
-           "admission_path", "early_stop_count", "global_best_count", "lengths_from",
-           "explain", "AdmissionPath"]
+__all__ = ["HardwareAware", "AsyncDelayed", "Retrospective", "admission_path", "early_stop_count",
+           "global_best_count", "lengths_from", "explain", "AdmissionPath", "sample_sps"]

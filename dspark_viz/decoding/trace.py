@@ -1,6 +1,6 @@
 """The trace: the versioned, JSON-serialisable record of every internal of a decoding run.
 
-Scope: the ``Trace``/``Round`` dataclasses (DESIGN.md §3), JSON save/load with strict
+Scope: the ``Trace``/``Round`` dataclasses, JSON save/load with strict
 validation (types, ranges, internal consistency; a malformed or hostile file gets a one-line
 ``TraceError`` — loading only ever calls ``json.loads``), and replay helpers that need no model.
 The app, notebooks, evaluator and load simulator consume traces only.
@@ -13,7 +13,6 @@ tokens / verified draft tokens.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import types
@@ -22,9 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dspark_viz.errors import UserError
+from dspark_viz.io import read_json_capped, write_json_atomic
 
-SCHEMA_VERSION = 1
+# version 2 added ``TraceMeta.capacity_curve``; version-1 files load with it absent (None)
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MAX_TRACE_BYTES = 256 * 1024 * 1024
+MAX_CURVE_POINTS = 8192
 TAU_CONVENTION = "τ = accepted draft tokens + 1 target token (correction or bonus) per round"
 
 
@@ -133,6 +136,20 @@ class Round:
 
 
 @dataclass
+class CurveSample:
+    """The policy's capacity curve as the trace carries it: SPS(B) (steps/s) at B = 1..len(sps),
+    bound to ``load`` concurrent requests — enough to draw it without resolving any name."""
+
+    name: str
+    load: int
+    sps: list[float]
+
+    def sps_at(self, B: int) -> float | None:
+        """SPS at verify batch B, or None outside the recorded B = 1..len(sps)."""
+        return self.sps[B - 1] if 1 <= B <= len(self.sps) else None
+
+
+@dataclass
 class TraceMeta:
     target: str
     drafter: str
@@ -157,6 +174,7 @@ class TraceMeta:
     tau_convention: str = TAU_CONVENTION
     conf_label: str = ""  # the confidence head's training label: "tv" (T = 1) / "greedy" (T = 0); "" none
     calibration_temperature: float | None = None  # the sampling T of the rounds STS was fitted on
+    capacity_curve: CurveSample | None = None  # the policy's curve (version ≥ 2; None: no curve)
 
 
 @dataclass
@@ -189,35 +207,26 @@ class Trace:
         return asdict(self)
 
     def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=None, ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, d: object) -> "Trace":
         if not isinstance(d, dict):
             raise TraceError("trace: expected a JSON object at the top level")
         v = d.get("version")
-        if v != SCHEMA_VERSION:
-            raise TraceError(f"trace: schema version {v!r} is not supported (expected {SCHEMA_VERSION})")
+        if type(v) is not int or v not in SUPPORTED_VERSIONS:
+            raise TraceError(f"trace: schema version {v!r} is not supported (expected one of "
+                             f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+        if v < 2 and isinstance(d.get("meta"), dict) and "capacity_curve" in d["meta"]:
+            raise TraceError("trace.meta: unknown field 'capacity_curve' (version 1)")
         t = _build(cls, d, "trace")
         _check_consistency(t)
         return t
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Trace":
-        path = Path(path)
-        if not path.is_file():
-            raise TraceError(f"trace file {str(path)!r} does not exist")
-        if path.stat().st_size > MAX_TRACE_BYTES:
-            raise TraceError(f"trace file {path} is larger than {MAX_TRACE_BYTES >> 20} MiB")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TraceError(f"trace file {path} is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_capped(path, MAX_TRACE_BYTES, what="trace file",
+                                              error=TraceError))
 
     # -------------------------------------------------------------- replay
     def token_text(self, tok: int) -> str:
@@ -320,6 +329,11 @@ def _check_consistency(t: Trace) -> None:
                 x = getattr(d, name)
                 if x is not None and not 0.0 <= x <= 1.0:
                     raise TraceError(f"{p}.draft[{d.k - 1}].{name}: {x} outside [0, 1]")
+    c = m.capacity_curve
+    if c is not None and not (c.load >= 1 and 0 < len(c.sps) <= MAX_CURVE_POINTS
+                              and all(x > 0 for x in c.sps)):
+        raise TraceError(f"trace.meta.capacity_curve: needs load ≥ 1 and 1..{MAX_CURVE_POINTS} "
+                         "positive SPS values")
     n = 1 + sum(len(r.committed) for r in t.rounds)
     if t.summary.new_tokens != n or t.summary.rounds != len(t.rounds):
         raise TraceError("trace.summary: token or round counts disagree with the rounds")

@@ -4,7 +4,7 @@ Scope: RMSNorm, rotary embeddings, and one draft decoder layer in two family sty
 Qwen3-style (pre-norm, SiLU-gated MLP, q/k norms) and Gemma-3-style (four (1+w) norms,
 GELU-tanh-gated MLP, q/k norms). In every layer the keys and values come from the projected
 target context features *and* from the block's own hidden states, concatenated along the
-sequence axis; queries come from the block only (DESIGN.md §2). The same code serves
+sequence axis; queries come from the block only. The same code serves
 inference (context K/V cached per layer, block attends to all of it, bidirectional inside the
 block) and training (many packed blocks, an explicit boolean mask).
 
@@ -19,7 +19,10 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm; ``offset=True`` is Gemma's x·(1 + w) with w initialised at 0."""
+    """RMSNorm in the op order of the family's Hugging Face module, so bf16 results match it bit
+    for bit: Qwen3 (``offset=False``) normalises in fp32, casts to the input dtype, then
+    multiplies by w; Gemma 3 (``offset=True``, x·(1 + w) with w initialised at 0) multiplies in
+    fp32, then casts. In fp32 both are the same computation as before."""
 
     def __init__(self, dim: int, eps: float, offset: bool) -> None:
         super().__init__()
@@ -29,20 +32,34 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        w = (1.0 + self.weight.float()) if self.offset else self.weight.float()
-        return (y * w).to(x.dtype)
+        if self.offset:
+            return (y * (1.0 + self.weight.float())).to(x.dtype)
+        return self.weight * y.to(x.dtype)
+
+
+_INV_FREQ: dict[tuple[int, float, torch.device], torch.Tensor] = {}
+
+
+def inv_freq(d: int, theta: float, device: torch.device) -> torch.Tensor:
+    """RoPE inverse frequencies [d/2], computed on the CPU as transformers does (then moved)."""
+    key = (d, float(theta), torch.device(device))
+    if key not in _INV_FREQ:
+        inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+        _INV_FREQ[key] = inv.to(device)
+    return _INV_FREQ[key]
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding. x [B, n, T, d], pos [B, T] (absolute token positions)."""
+    """Rotary embedding. x [B, n, T, d], pos [B, T] (absolute token positions).
+
+    Hugging Face's op order: angles in fp32, cos/sin cast to x's dtype, the rotation in x's
+    dtype (``apply_rotary_pos_emb``)."""
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (torch.arange(0, d, 2, device=x.device, dtype=torch.float32) / d))
-    ang = pos.float().unsqueeze(-1) * inv  # [B, T, d/2]
-    cos = torch.cat([ang.cos(), ang.cos()], -1).unsqueeze(1)  # [B, 1, T, d]
-    sin = torch.cat([ang.sin(), ang.sin()], -1).unsqueeze(1)
-    x1, x2 = x.float().chunk(2, dim=-1)
-    rot = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * cos + rot * sin).to(x.dtype)
+    ang = pos.float().unsqueeze(-1) * inv_freq(d, theta, x.device)  # [B, T, d/2]
+    emb = torch.cat([ang, ang], dim=-1)
+    cos, sin = emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1)  # [B, 1, T, d]
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class DraftAttention(nn.Module):
@@ -77,10 +94,14 @@ class DraftAttention(nn.Module):
             v = torch.cat([ctx_kv[1], vb], dim=2)
         else:
             k, v = kb, vb
-        if self.h != self.k:
+        gqa = {}
+        if self.h != self.k and mask is None and self.d <= 256:
+            gqa = {"enable_gqa": True}  # the kernel transformers' SDPA path dispatches to here
+        elif self.h != self.k:
             k = k.repeat_interleave(self.h // self.k, dim=1)
             v = v.repeat_interleave(self.h // self.k, dim=1)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, h, Q, d]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.d ** -0.5,
+                                           **gqa)  # [B, h, Q, d]
         return self.o_proj(o.transpose(1, 2).reshape(B, Q, self.h * self.d))
 
 

@@ -10,23 +10,26 @@ Shapes: B batch, C context, γ block, H hidden, V vocabulary, L tapped layers, r
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dspark_viz.errors import UserError
 from dspark_viz.config import DRAFTER_PRESETS, ConfigError, DrafterConfig
-from dspark_viz.sampling import draw, warp
 from dspark_viz.drafter.backbone import DraftLayer, RMSNorm
-from dspark_viz.drafter.markov import ConfidenceHead, MarkovHead
+from dspark_viz.drafter.markov import ConfidenceHead, build_markov_head
+from dspark_viz.errors import UserError
+from dspark_viz.io import atomic_path, read_json_capped, write_json_atomic
+from dspark_viz.sampling import draw, warp
 from dspark_viz.targets import Bf16Head
 
 FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20  # a drafter's config.json / calibration.json is a few KiB
 
 
 class DrafterError(UserError):
@@ -54,6 +57,11 @@ def config_for_target(target, *, preset: str = "embedded", markov_type: str = "v
     base.update(DRAFTER_PRESETS[preset])
     base.update(overrides)
     conf = base.pop("confidence_head", markov_type != "none")
+    # Qwen3: the target's rotary base (1e6 for the released Qwen3 models). Gemma targets rotate
+    # per layer type; their drafters keep the default 10 000 the shipped drafters were trained with.
+    theta = target_rope_theta(tc)
+    if theta is not None and target.family == "qwen3":
+        base.setdefault("rope_theta", theta)
     return DrafterConfig(
         family=target.family, vocab_size=target.vocab_size, hidden_size=target.hidden_size,
         target_layer_ids=tuple(layer_ids or default_layer_ids(target.num_layers,
@@ -61,6 +69,25 @@ def config_for_target(target, *, preset: str = "embedded", markov_type: str = "v
         target_num_layers=target.num_layers, mask_token_id=target.mask_token_id,
         block_size=block_size, markov_type=markov_type, confidence_head=conf,
         rms_norm_eps=float(getattr(tc, "rms_norm_eps", 1e-6)), target_name=target.name, **base)
+
+
+def add_in_dtype(z: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Base logits + Markov bias in the model dtype, then upcast to fp32 (Hugging Face / DeepSpec
+    order: in bf16 the sum is rounded to bf16 before sampling). Both inputs are fp32 upcasts of
+    model-dtype values, so the cast back is exact; in fp32 this is plain ``z + b``."""
+    if dtype == torch.float32:
+        return z + b
+    return (z.to(dtype) + b.to(dtype)).float()
+
+
+def target_rope_theta(target_config) -> float | None:
+    """The rotary base of a Qwen3-style target config (``rope_parameters.rope_theta``, or the
+    older top-level ``rope_theta``); None for per-layer-type rotary (Gemma 3/4) or none given."""
+    rp = getattr(target_config, "rope_parameters", None)
+    if isinstance(rp, dict) and isinstance(rp.get("rope_theta"), (int, float)):
+        return float(rp["rope_theta"])
+    theta = getattr(target_config, "rope_theta", None)
+    return float(theta) if isinstance(theta, (int, float)) else None
 
 
 @dataclass
@@ -96,9 +123,8 @@ class DSparkDrafter(nn.Module):
         self.layers = nn.ModuleList([DraftLayer(cfg) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
         Vd = cfg.draft_vocab_size if cfg.restricted else cfg.vocab_size
-        self.markov = (MarkovHead(cfg.markov_type, Vd, H, cfg.markov_rank,
-                                  in_vocab=Vd + 1 if cfg.restricted else Vd)
-                       if cfg.has_markov else None)
+        self.markov = build_markov_head(cfg.markov_type, Vd, H, cfg.markov_rank,
+                                        in_vocab=Vd + 1 if cfg.restricted else Vd)
         # restricted draft vocabulary: sorted target ids the drafter may propose (saved)
         self.register_buffer("draft_vocab", torch.arange(Vd, dtype=torch.long), persistent=cfg.restricted)
         self._index_of: torch.Tensor | None = None  # [V] target id → draft index (Vd = OOV)
@@ -111,6 +137,9 @@ class DSparkDrafter(nn.Module):
         # what the confidence head was trained to predict: "tv" (T = 1 acceptance, the paper's
         # label) or "greedy" (T = 0 argmax match); saved in the safetensors metadata
         self.conf_label: str = "tv"
+        # True for drafters imported from DeepSpec: the sequential stage then always runs over
+        # the whole vocabulary (``propose`` ignores ``candidates``), as DeepSpec's evaluator does
+        self.whole_vocab_markov: bool = False
         for m in self.modules():
             if isinstance(m, nn.Linear) and m not in (getattr(self.markov, "w2", None),) and \
                     (self.confidence is None or m is not self.confidence.proj):
@@ -228,6 +257,7 @@ class DSparkDrafter(nn.Module):
         of the round and a third of it. K = 0 uses the whole vocabulary.
         """
         t0 = time.perf_counter()
+        candidates = 0 if self.whole_vocab_markov else candidates
         B = anchor.shape[0]
         pos = torch.arange(cache.length, cache.length + gamma, device=anchor.device)
         h = self.backbone(self.block_inputs(target, anchor, gamma), pos.expand(B, -1), cache.kv)
@@ -253,7 +283,7 @@ class DSparkDrafter(nn.Module):
             if markov is not None:
                 b, state = markov.step(prev_d, h[:, k], state, ck)
                 biases.append(b)
-                z = z + b
+                z = add_in_dtype(z, b, h.dtype)
             qc = warp(z, temperature=temperature, top_k=top_k, top_p=top_p)  # [B, K]
             xc = draw(qc, gen)
             if ck is not None:
@@ -292,88 +322,109 @@ class DSparkDrafter(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, path: str | os.PathLike, *, extra: dict | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``calibration.json``) atomically."""
-        from safetensors.torch import save_file
+        """Write ``model.safetensors`` (+ ``calibration.json``) and ``config.json`` into ``path``,
+        each file atomically (``io.atomic_path``)."""
         path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
+        self.write_files(path, {k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                         extra=extra)
         cfg = self.cfg.to_dict() | {"model_type": "dspark_drafter", "format_version": FORMAT_VERSION}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-        sd = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        write_json_atomic(path / "config.json", cfg)
+        return path
+
+    def write_files(self, path: Path, tensors: dict[str, torch.Tensor], *,
+                    extra: dict | None = None) -> None:
+        """``tensors`` as ``path/model.safetensors`` (the confidence label in its metadata) and
+        the STS calibration as ``path/calibration.json``, each atomically; the config is the
+        caller's (each checkpoint format writes its own)."""
+        path.mkdir(parents=True, exist_ok=True)
         meta = {"format": "pt"} | ({"conf_label": self.conf_label} if self.confidence is not None else {})
-        save_file(sd, str(tmp / "model.safetensors"), metadata=meta | (extra or {}))
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=meta | (extra or {}))
         if self.calibration is not None:
             cal = {"temperatures": self.calibration} | (
                 {"temperature": self.calibration_temperature} if self.calibration_temperature is not None else {})
-            (tmp / "calibration.json").write_text(json.dumps(cal))
-        path.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, path / f.name)
-        tmp.rmdir()
-        return path
+            write_json_atomic(path / "calibration.json", cal, indent=None)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, target=None, device=None,
                         dtype=None) -> "DSparkDrafter":
         """Load a drafter; with ``target`` given, refuse an incompatible one with a reason."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
         path = Path(path)
-        if not path.is_dir():
-            raise DrafterError(f"drafter path {str(path)!r} does not exist or is not a directory")
-        cfg_file, w_file = path / "config.json", path / "model.safetensors"
-        if not cfg_file.exists() or not w_file.exists():
-            raise DrafterError(f"{path} is not a drafter checkpoint (needs config.json and model.safetensors)")
-        try:
-            raw = json.loads(cfg_file.read_text())
-            if not isinstance(raw, dict) or raw.get("model_type") != "dspark_drafter":
-                raise DrafterError(f"{cfg_file} is not a dspark_drafter config")
-            if raw.get("format_version") != FORMAT_VERSION:
-                raise DrafterError(f"{cfg_file}: unsupported format_version {raw.get('format_version')!r}")
-            cfg = DrafterConfig.from_dict(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DrafterError(f"{cfg_file} is not valid JSON: {e}") from None
-        except (ConfigError, TypeError) as e:
-            raise DrafterError(f"{cfg_file}: {e}") from None
+        cfg = read_drafter_config(path)
         if target is not None:
             check_compatible(cfg, target)
         model = cls(cfg)
-        try:
-            sd = load_file(str(w_file))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise DrafterError(f"{w_file} is not a readable safetensors file: {e}") from None
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(sd))
-        unexpected = sorted(set(sd) - set(expected))
-        if missing or unexpected:
-            raise DrafterError(f"{w_file}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for k, v in sd.items():
-            if v.shape != expected[k].shape:
-                raise DrafterError(f"{w_file}: {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()})
-        from safetensors import safe_open
-        with safe_open(str(w_file), "pt") as f:
-            label = (f.metadata() or {}).get("conf_label", "tv")
-        if label not in ("tv", "greedy"):
-            raise DrafterError(f"{w_file}: unknown conf_label {label!r} in its metadata (tv or greedy)")
-        model.conf_label = label
-        cal = path / "calibration.json"
-        if cal.exists():
-            try:
-                obj = json.loads(cal.read_text())
-                temps = obj["temperatures"]
-                if not (isinstance(temps, list) and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
-                    raise ValueError("temperatures must be a list of positive numbers")
-                model.calibration = [float(t) for t in temps]
-                fit_t = obj.get("temperature")
-                model.calibration_temperature = float(fit_t) if isinstance(fit_t, (int, float)) else None
-            except (ValueError, KeyError, TypeError) as e:
-                raise DrafterError(f"{cal}: malformed calibration ({e})") from None
+        w_file = path / "model.safetensors"
+        model.load_checked(read_safetensors(w_file), str(w_file))
+        model.read_extras(path)
         if device is not None or dtype is not None:
             model = model.to(device=device, dtype=dtype)
         elif target is not None:
             model = model.to(device=target.device, dtype=target.dtype)
         return model.eval()
+
+    def read_extras(self, path: Path) -> None:
+        """The confidence label (safetensors metadata; "tv" when absent) and the STS calibration
+        (``calibration.json``, when present) of the checkpoint directory ``path``."""
+        w_file = path / "model.safetensors"
+        with safe_open(str(w_file), "pt") as f:
+            label = (f.metadata() or {}).get("conf_label", "tv")
+        if label not in ("tv", "greedy"):
+            raise DrafterError(f"{w_file}: unknown conf_label {label!r} in its metadata (tv or greedy)")
+        self.conf_label = label
+        if (path / "calibration.json").exists():
+            self.calibration, self.calibration_temperature = read_calibration(path / "calibration.json")
+
+    def load_checked(self, sd: dict[str, torch.Tensor], where: str) -> None:
+        """Load a state dict whose names and shapes must be exactly this model's (each tensor
+        copied into the model's own dtype)."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(sd))
+        unexpected = sorted(set(sd) - set(expected))
+        if missing or unexpected:
+            raise DrafterError(f"{where}: weights do not match config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for k, v in sd.items():
+            if v.shape != expected[k].shape:
+                raise DrafterError(f"{where}: {k} has shape {tuple(v.shape)}, config implies {tuple(expected[k].shape)}")
+        self.load_state_dict(sd)
+
+
+def read_drafter_config(path: Path) -> DrafterConfig:
+    """The DrafterConfig of our checkpoint directory ``path`` (DrafterError with a reason)."""
+    if not path.is_dir():
+        raise DrafterError(f"drafter path {str(path)!r} does not exist or is not a directory")
+    cfg_file, w_file = path / "config.json", path / "model.safetensors"
+    if not cfg_file.exists() or not w_file.exists():
+        raise DrafterError(f"{path} is not a drafter checkpoint (needs config.json and model.safetensors)")
+    raw = read_json_capped(cfg_file, MAX_CONFIG_BYTES, what="drafter config", error=DrafterError)
+    if not isinstance(raw, dict) or raw.get("model_type") != "dspark_drafter":
+        raise DrafterError(f"{cfg_file} is not a dspark_drafter config")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise DrafterError(f"{cfg_file}: unsupported format_version {raw.get('format_version')!r}")
+    try:
+        return DrafterConfig.from_dict(raw)
+    except (ConfigError, TypeError) as e:
+        raise DrafterError(f"{cfg_file}: {e}") from None
+
+
+def read_safetensors(w_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(w_file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DrafterError(f"{w_file} is not a readable safetensors file: {e}") from None
+
+
+def read_calibration(cal: Path) -> tuple[list[float], float | None]:
+    """calibration.json → (STS temperatures per position, the sampling T they were fitted at)."""
+    obj = read_json_capped(cal, MAX_CONFIG_BYTES, what="calibration", error=DrafterError)
+    try:
+        temps = obj["temperatures"]
+        if not (isinstance(temps, list) and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
+            raise ValueError("temperatures must be a list of positive numbers")
+        fit_t = obj.get("temperature")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DrafterError(f"{cal}: malformed calibration ({e})") from None
+    return [float(t) for t in temps], float(fit_t) if isinstance(fit_t, (int, float)) else None
 
 
 def check_compatible(cfg: DrafterConfig, target) -> None:

@@ -7,7 +7,7 @@ clock, and assemble the report: ``metrics.summarize`` per (temperature, drafter,
 speedup against the plain run of the same batch of prompts, macro averages, greedy agreement
 with plain decoding at T = 0, and the offline threshold sweep. Batches of the different
 drafters are interleaved so slow drifts of a shared machine hit every drafter alike.
-Not here: argument parsing and printing files (``commands``), figures (``viz.eval_figures``).
+Not here: argument parsing and printing files (``cli.eval``), figures (``viz.eval_figures``).
 """
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 from dspark_viz.config import ConfigError, DecodeConfig
+from dspark_viz.decoding.engine import SpecSession, run_batch
+from dspark_viz.decoding.policy import Fixed
 from dspark_viz.decoding.trace import TAU_CONVENTION, Trace
 from dspark_viz.eval.metrics import DEFINITIONS, macro_average, summarize, threshold_sweep
+from dspark_viz.load.policy_spec import policy_from_spec
 
 REPORT_VERSION = 1
 DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -105,15 +108,14 @@ def encode_prompt(target, text: str, chat_template: str = "auto",
 
 # ----------------------------------------------------------------------------- decoding
 def make_policy(spec: str | None, gamma: int):
-    from dspark_viz.decoding.policy import Fixed, parse_policy
-    return Fixed(gamma) if not spec else parse_policy(spec, gamma)
+    """The policy of a spec ('hardware:CURVE' resolves its curve); None → fixed(γ)."""
+    return Fixed(gamma) if not spec else policy_from_spec(spec, gamma)
 
 
 def decode_batch(target, run: DrafterRun, prompts: Sequence[str | Sequence[int]],
                  settings: EvalSettings, temperature: float, seeds: Sequence[int], *,
                  max_new_tokens: int | None = None) -> tuple[list[Trace], float]:
     """Decode ``prompts`` in lock step (one session each); returns (traces, wall seconds)."""
-    from dspark_viz.decoding.engine import SpecSession, run_batch
     s = settings if max_new_tokens is None else replace(settings, max_new_tokens=max_new_tokens)
     policy = make_policy(s.policy if run.mode != "ar" else None, s.gamma)
     sessions = [SpecSession(target, run.drafter, s.decode_config(temperature, run.mode, sd),
@@ -140,11 +142,34 @@ def run_eval(target, runs: Sequence[DrafterRun], datasets: dict[str, Sequence[st
     runs = list(runs)
     if not any(r.mode == "ar" for r in runs):
         runs.append(DrafterRun("plain", None, "ar", "none"))
-    plain = next(r for r in runs if r.mode == "ar")
     sets = {name: list(p)[: settings.samples] if settings.samples else list(p)
             for name, p in datasets.items()}
     encoded = {name: [encode_prompt(target, t, settings.chat_template, settings.thinking)
                       for t in ps] for name, ps in sets.items()}
+    traces, walls = _decode_all(target, runs, encoded, settings, progress)
+    report = {
+        "version": REPORT_VERSION,
+        "target": target.name,
+        "device": str(target.device),
+        "settings": asdict(settings),
+        "drafters": [{"label": r.label, "mode": r.mode, "name": r.name} for r in runs],
+        "datasets": {ds: len(p) for ds, p in encoded.items()},
+        "prompts": sets,
+        "tau_convention": TAU_CONVENTION,
+        "definitions": DEFINITIONS | EXTRA_DEFINITIONS,
+        "results": _results(traces, walls, runs, list(encoded), settings.temperatures),
+    }
+    if settings.thresholds:
+        report["sweep"] = _sweep(traces, runs, list(encoded), settings)
+    if keep_traces:
+        report["_traces"] = traces  # not JSON: (T, label, dataset) → [Trace]; commands pop it
+    return report
+
+
+def _decode_all(target, runs: Sequence[DrafterRun], encoded: dict[str, list], settings: EvalSettings,
+                progress) -> tuple[dict, dict]:
+    """Every (temperature, dataset, batch) with every run, interleaved; (traces, walls) keyed by
+    (T, run label, dataset)."""
     if settings.warmup:  # first-call overheads (allocations, lazy imports) stay out of timings
         first = next(iter(encoded.values()))[0]
         for r in runs:
@@ -163,11 +188,18 @@ def run_eval(target, runs: Sequence[DrafterRun], datasets: dict[str, Sequence[st
                     walls[(T, r.label, ds)] = walls.get((T, r.label, ds), 0.0) + wall
                     if progress is not None:
                         progress(f"T={T:g} {ds} {r.label} prompts {b + len(chunk)}/{len(prompts)}")
+    return traces, walls
+
+
+def _results(traces: dict, walls: dict, runs: Sequence[DrafterRun], datasets: list[str],
+             temperatures: Sequence[float]) -> list[dict]:
+    """Per (T, run): metrics per dataset with the speedup over plain decoding, and macro rows."""
+    plain = next(r for r in runs if r.mode == "ar")
     results = []
-    for T in settings.temperatures:
+    for T in temperatures:
         for r in runs:
             per = {}
-            for ds in encoded:
+            for ds in datasets:
                 m = summarize(traces[(T, r.label, ds)], walls[(T, r.label, ds)])
                 base = summarize(traces[(T, plain.label, ds)], walls[(T, plain.label, ds)])
                 m["speedup"] = (m["tokens_per_s"] / base["tokens_per_s"]
@@ -182,35 +214,24 @@ def run_eval(target, runs: Sequence[DrafterRun], datasets: dict[str, Sequence[st
                 macro["greedy_agreement"] = sum(d["greedy_agreement"] for d in per.values()) / len(per)
             results.append({"temperature": T, "drafter": r.label, "mode": r.mode,
                             "datasets": per, "macro": macro})
-    report = {
-        "version": REPORT_VERSION,
-        "target": target.name,
-        "device": str(target.device),
-        "settings": asdict(settings),
-        "drafters": [{"label": r.label, "mode": r.mode, "name": r.name} for r in runs],
-        "datasets": {ds: len(p) for ds, p in encoded.items()},
-        "prompts": sets,
-        "tau_convention": TAU_CONVENTION,
-        "definitions": DEFINITIONS | EXTRA_DEFINITIONS,
-        "results": results,
-    }
-    if settings.thresholds:
-        sweep = []
-        exact = settings.policy in (None, "fixed", f"fixed:{settings.gamma}")
-        for T in settings.temperatures:
-            for r in runs:
-                if r.mode == "ar":
-                    continue
-                per = {ds: threshold_sweep(traces[(T, r.label, ds)], settings.thresholds)
-                       for ds in encoded}
-                if all(v is None for v in per.values()):
-                    continue
-                sweep.append({"temperature": T, "drafter": r.label, "exact": exact,
-                              "datasets": per})
-        report["sweep"] = sweep
-    if keep_traces:
-        report["_traces"] = traces  # not JSON: (T, label, dataset) → [Trace]; commands pop it
-    return report
+    return results
+
+
+def _sweep(traces: dict, runs: Sequence[DrafterRun], datasets: list[str],
+           settings: EvalSettings) -> list[dict]:
+    """The offline threshold sweep per (T, drafter run); exact only over fixed(γ) rounds."""
+    sweep = []
+    exact = settings.policy in (None, "fixed", f"fixed:{settings.gamma}")
+    for T in settings.temperatures:
+        for r in runs:
+            if r.mode == "ar":
+                continue
+            per = {ds: threshold_sweep(traces[(T, r.label, ds)], settings.thresholds)
+                   for ds in datasets}
+            if all(v is None for v in per.values()):
+                continue
+            sweep.append({"temperature": T, "drafter": r.label, "exact": exact, "datasets": per})
+    return sweep
 
 
 # ----------------------------------------------------------------------------- printing

@@ -2,7 +2,7 @@
 
 Scope (pure numpy, no models): collect (c_k, realized prefix survival) pairs from traces; ECE,
 AUROC, Brier and reliability bins of a predicted probability against 0/1 outcomes; fit STS
-(DESIGN.md §2: for k = 1..γ in order, a 1-D grid search of the temperature T_k of the logit of
+(for k = 1..γ in order, a 1-D grid search of the temperature T_k of the logit of
 c_k that minimises the ECE of the cumulative product a_k = Π_{i≤k} σ(logit_i / T_i), the
 earlier T_i already fixed) and apply it; per-position before/after reports; save/load of
 ``calibration.json`` beside a drafter in the format ``DSparkDrafter.from_pretrained`` reads
@@ -18,7 +18,6 @@ after an accepted drafted EOS, or beyond a shorter ℓ with the prefix intact, a
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -29,8 +28,11 @@ import numpy as np
 
 from dspark_viz.config import ConfigError
 from dspark_viz.decoding.trace import Trace
+from dspark_viz.eval.metrics import view_round
+from dspark_viz.io import read_json_capped, write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
+MAX_CALIBRATION_BYTES = 16 << 20
 DEFAULT_BINS = 10
 DEFINITIONS = {
     "ece": "expected calibration error: Σ_b (n_b / N)·|mean predicted_b − observed rate_b| over "
@@ -77,7 +79,6 @@ def _logit(c: np.ndarray) -> np.ndarray:
 
 def collect_pairs(traces: Sequence[Trace]) -> CalibrationData:
     """Rounds with raw confidences → CalibrationData (γ = the largest drafted block)."""
-    from dspark_viz.eval.metrics import view_round
     rows = [r for t in traces for r in t.rounds if r.draft and r.draft[0].conf_raw is not None]
     if not rows:
         raise CalibrationError("no rounds with confidences to calibrate on (plain decoding, or a "
@@ -299,11 +300,7 @@ def save_calibration(drafter_dir: str | os.PathLike, temps: Sequence[float],
     if not temps or not all(math.isfinite(t) and t > 0 for t in temps):
         raise CalibrationError("temperatures must be a non-empty list of positive numbers")
     payload = {"temperatures": temps, "method": "sts", "format_version": 1} | (extra or {})
-    path = d / CALIBRATION_FILE
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(d / CALIBRATION_FILE, payload, indent=1)
 
 
 def load_calibration(path: str | os.PathLike) -> dict:
@@ -313,10 +310,7 @@ def load_calibration(path: str | os.PathLike) -> dict:
         p = p / CALIBRATION_FILE
     if not p.is_file():
         raise CalibrationError(f"no calibration file at {str(p)!r}")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CalibrationError(f"{p} is not valid JSON: {e}") from None
+    d = read_json_capped(p, MAX_CALIBRATION_BYTES, what="calibration file", error=CalibrationError)
     temps = d.get("temperatures") if isinstance(d, dict) else None
     if not (isinstance(temps, list) and temps and all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0

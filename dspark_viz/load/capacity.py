@@ -3,8 +3,10 @@
 Scope: the ``CapacityCurve`` value (frozen, JSON load/save with strict validation), three
 sources of curves — profiling the real target on the current device (``profile_target``),
 roofline presets for GPU serving (A100/H100/H200 × Qwen3-4B/8B/14B) and jagged presets with
-step-wise cliffs (CUDA-graph buckets, tile quantization) — and the lookup ``get_curve``.
-Not here: scheduling (``dspark_viz.decoding.scheduler``) or simulation (``.simulator``).
+step-wise cliffs (CUDA-graph buckets, tile quantization) — and the lookups ``get_curve`` and
+``resolve_capacity`` (the one place a curve is found by name or path; ``DEFAULT_CAPACITY`` when
+none is named). Not here: scheduling (``dspark_viz.decoding.scheduler``, which receives curve
+objects) or simulation (``.simulator``).
 
 Model of one step (roofline curves; times in ms; B = verify tokens, R = concurrent requests,
 C = context tokens per request):
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 import time
@@ -29,10 +30,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from dspark_viz.config import ROOFLINE_DEVICES, ROOFLINE_MODELS
+from dspark_viz.drafter.model import ContextCache
 from dspark_viz.errors import UserError
+from dspark_viz.io import read_json_capped, write_json_atomic
 
+DEFAULT_CAPACITY = "h200-qwen3-8b"  # the curve of a curve policy when none is named
 CAPACITY_FORMAT = "dspark-viz-capacity"
 CAPACITY_VERSION = 1
 MAX_CAPACITY_BYTES = 4 * 1024 * 1024
@@ -206,11 +211,7 @@ class CapacityCurve:
                 "meta": dict(self.meta)}
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False))
-        os.replace(tmp, path)
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=1)
 
     @classmethod
     def from_dict(cls, d: object, where: str = "capacity") -> "CapacityCurve":
@@ -260,15 +261,7 @@ class CapacityCurve:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "CapacityCurve":
-        path = Path(path)
-        if not path.is_file():
-            raise CapacityError(f"capacity file {str(path)!r} does not exist")
-        if path.stat().st_size > MAX_CAPACITY_BYTES:
-            raise CapacityError(f"capacity file {path} is larger than {MAX_CAPACITY_BYTES >> 20} MiB")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise CapacityError(f"capacity file {path} is not valid JSON: {e}") from None
+        d = read_json_capped(path, MAX_CAPACITY_BYTES, what="capacity file", error=CapacityError)
         return cls.from_dict(d, where=f"capacity file {path}")
 
 
@@ -333,8 +326,6 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
     round times: admitting a draft token costs t(B+1) − t(B), against a base t_draft + t(1)
     that the round pays whatever ℓ is chosen.
     """
-    import torch
-
     bs = sorted({int(b) for b in batch_sizes})
     if not bs or bs[0] < 1:
         raise CapacityError("profile needs batch sizes ≥ 1")
@@ -357,17 +348,9 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
     times = []
     for i, B in enumerate(bs):
         x = torch.randint(4, hi, (1, B), generator=g).to(dev)
-        samples = []
-        for rep in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            target.forward(x, cache, taps)
-            sync()
-            dt = (time.perf_counter() - t0) * 1e3
-            target.crop(cache, context_len)
-            if rep >= warmup:
-                samples.append(dt)
-        times.append(float(np.median(samples)) + draft_ms)
+        ms = _median_ms(lambda: target.forward(x, cache, taps), warmup, repeats, sync,
+                        after=lambda: target.crop(cache, context_len))
+        times.append(ms + draft_ms)
         if progress is not None:
             progress(i + 1, len(bs), B, times[-1])
     dev_name = str(dev)
@@ -388,27 +371,34 @@ def profile_target(target, batch_sizes: Sequence[int], *, context_len: int = 128
                          context_len=context_len, meta=meta)
 
 
-def _time_drafting(drafter, target, taps, gamma: int, warmup: int, repeats: int, gen,
-                   sync) -> float:
-    """Median ms of one ``propose`` of γ tokens (T = 0) on a context of target taps [1, C, L·H]."""
-    import torch
-
-    from dspark_viz.drafter.model import ContextCache
-
-    ctx = ContextCache()
-    drafter.extend_context(ctx, taps)
-    anchor = torch.tensor([5], device=taps.device)
+def _median_ms(fn, warmup: int, repeats: int, sync, after=None) -> float:
+    """Median wall ms of ``fn()`` over ``repeats`` timed calls after ``warmup`` untimed ones;
+    ``after()`` runs after each call, outside the clock."""
     samples = []
-    with torch.inference_mode():
-        for rep in range(warmup + repeats):
-            sync()
-            t0 = time.perf_counter()
-            drafter.propose(target, ctx, anchor, gamma=gamma, temperature=0.0, gen=gen)
-            sync()
-            if rep >= warmup:
-                samples.append((time.perf_counter() - t0) * 1e3)
+    for rep in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        dt = (time.perf_counter() - t0) * 1e3
+        if after is not None:
+            after()
+        if rep >= warmup:
+            samples.append(dt)
     return float(np.median(samples))
 
 
+def _time_drafting(drafter, target, taps, gamma: int, warmup: int, repeats: int, gen,
+                   sync) -> float:
+    """Median ms of one ``propose`` of γ tokens (T = 0) on a context of target taps [1, C, L·H]."""
+    ctx = ContextCache()
+    drafter.extend_context(ctx, taps)
+    anchor = torch.tensor([5], device=taps.device)
+    with torch.inference_mode():
+        return _median_ms(lambda: drafter.propose(target, ctx, anchor, gamma=gamma,
+                                                  temperature=0.0, gen=gen),
+                          warmup, repeats, sync)
+
+
 __all__ = ["CapacityCurve", "CapacityError", "Roofline", "get_curve", "preset_names",
-           "profile_target", "resolve_capacity", "DEFAULT_CONTEXT"]
+           "profile_target", "resolve_capacity", "DEFAULT_CONTEXT", "DEFAULT_CAPACITY"]

@@ -31,9 +31,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from dspark_viz.errors import UserError
-from dspark_viz.decoding.policy import Decision, RequestView
+from dspark_viz.decoding.decision import Decision, RequestView
 from dspark_viz.decoding.trace import Trace, TraceError
+from dspark_viz.errors import UserError
 
 
 class SimError(UserError):
@@ -191,7 +191,11 @@ class SimResult:
 
 def simulate(pool: TracePool, policy, capacity, R: int, steps: int,
              gen: torch.Generator | None = None, *, keep_trace: bool = False) -> SimResult:
-    """R requests in lock step for ``steps`` engine steps under ``policy`` and ``capacity``."""
+    """R requests in lock step for ``steps`` engine steps under ``policy`` and ``capacity``.
+
+    ``capacity`` is the simulated hardware: it times every step and the policy decides on it
+    (passed to ``decide``, overriding any curve the policy holds).
+    """
     if R < 1 or steps < 1:
         raise SimError(f"simulate needs R ≥ 1 and steps ≥ 1, got R={R}, steps={steps}")
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
@@ -254,13 +258,14 @@ class SimulatedBackground:
 
     Implements the engine's ``Background`` protocol: ``views()`` are their current rounds'
     confidences (stable until ``advance``), ``advance(decisions)`` commits their rounds with
-    the ℓ the joint decision gave them. Totals are kept for display.
+    the ℓ the joint decision gave them. Totals are kept for display. The capacity curve is the
+    live policy's (the background only supplies requests).
     """
 
-    def __init__(self, pool: TracePool, n_others: int, capacity=None, seed: int = 0) -> None:
+    def __init__(self, pool: TracePool, n_others: int, *, seed: int = 0) -> None:
         if n_others < 0:
             raise SimError(f"n_others must be ≥ 0, got {n_others}")
-        self.pool, self.n_others, self.capacity = pool, int(n_others), capacity
+        self.pool, self.n_others = pool, int(n_others)
         self.gen = torch.Generator().manual_seed(seed)
         self._rep = _Replay(pool, self.n_others, self.gen) if n_others else None
         self.steps = self.tokens = self.accepted = self.verified = 0

@@ -7,7 +7,7 @@ sequences' blocks into one padded batch with the boolean block mask the backbone
 This mirrors inference exactly (``DSparkDrafter.propose``): a block sees the target context
 of positions < a only (the anchor's own hidden state is not visible; at inference the anchor
 is the freshly sampled token), and attends bidirectionally within itself.
-Not here: the model forward (``trainer.py``), losses (``losses.py``).
+Not here: the model forward (``forward.py``), losses (``losses.py``).
 
 Shapes: T sequence length, n anchors, γ block size, B packed sequences, C = max T,
 Q = n·γ packed block positions, L·H tapped features.

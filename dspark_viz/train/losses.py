@@ -1,6 +1,6 @@
 """Training losses: CE + TV + confidence BCE with position weights, computed in row chunks.
 
-Scope: the objective of DESIGN.md §2 / paper eq. 9–12,
+Scope: the training objective (paper eq. 9–12),
     L = α_ce·L_ce + α_tv·L_tv + α_conf·L_conf,   w_k = exp(−(k−1)/γ_w),
 with L_tv = Σ_k w_k ‖p_d,k − p_t,k‖₁ and the confidence label (detached) chosen by ``conf_label``:
 - ``tv``:     c*_k = 1 − ½‖p_d,k − p_t,k‖₁, the paper's eq. 8 — the acceptance probability when
@@ -18,7 +18,7 @@ computed once per distinct target position in a chunk (overlapping blocks share 
 With a restricted draft vocabulary (``DrafterConfig.draft_vocab_size``) both the draft and the
 target logits use only the Vd head rows; the target's full-vocabulary normaliser comes from
 the cache (``lse``), so V never appears in a training step.
-Not here: the model forward (``trainer.py``).
+Not here: the model forward (``forward.py``).
 
 Shapes: N valid slots, V vocabulary, H hidden, r Markov rank.
 """
@@ -96,6 +96,22 @@ class HeadTerms:
         raise ValueError(f"confidence label must be one of {CONF_LABELS}, got {kind!r}")
 
 
+def _target_probs(t_head, t_last: torch.Tensor, t_key: torch.Tensor, restricted: bool,
+                  t_lse: torch.Tensor | None, full_lse) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows' target p_t [m, V'] (one head product per distinct key) and, with a restricted
+    vocabulary R, the target mass outside R [m] (else None)."""
+    keys, inv = torch.unique(t_key, return_inverse=True)
+    first = torch.full((keys.numel(),), -1, dtype=torch.long, device=inv.device)
+    first.scatter_reduce_(0, inv, torch.arange(inv.numel(), device=inv.device),
+                          reduce="amax", include_self=True)
+    tz = t_head(t_last[first])  # [u, V']
+    if not restricted:
+        return torch.softmax(tz, dim=-1)[inv], None  # [m, V]
+    lse = t_lse[first].float() if t_lse is not None else full_lse(t_last[first])
+    pt = torch.exp(tz - lse[:, None])[inv]  # [m, Vd] full-vocabulary p_t on R
+    return pt, (1.0 - pt.sum(-1)).clamp(min=0.0)  # [m] target mass outside R
+
+
 def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.Module | None,
                        head: Callable[[torch.Tensor], torch.Tensor], t_last: torch.Tensor,
                        t_key: torch.Tensor, labels: torch.Tensor, coef_ce: torch.Tensor,
@@ -148,18 +164,8 @@ def chunked_head_terms(*, h: torch.Tensor, u: torch.Tensor | None, w2: torch.nn.
             inv_ok = lab < z.shape[-1]  # False: label outside the draft vocabulary
             ce = -logp.gather(-1, lab.clamp(max=z.shape[-1] - 1)[:, None]).squeeze(-1) * inv_ok
             with torch.no_grad():
-                keys, inv = torch.unique(t_key[sl], return_inverse=True)
-                first = torch.full((keys.numel(),), -1, dtype=torch.long, device=inv.device)
-                first.scatter_reduce_(0, inv, torch.arange(inv.numel(), device=inv.device),
-                                      reduce="amax", include_self=True)
-                tz = t_head(t_last[sl][first])  # [u, V']
-                if restricted:
-                    lse = t_lse[sl][first].float() if t_lse is not None else full_lse(t_last[sl][first])
-                    pt = torch.exp(tz - lse[:, None])[inv]  # [m, Vd] full-vocabulary p_t on R
-                    out_mass = (1.0 - pt.sum(-1)).clamp(min=0.0)  # [m] target mass outside R
-                else:
-                    pt = torch.softmax(tz, dim=-1)[inv]  # [m, V]
-                    out_mass = None
+                pt, out_mass = _target_probs(t_head, t_last[sl], t_key[sl], restricted,
+                                             t_lse[sl] if t_lse is not None else None, full_lse)
             l1 = (logp.exp() - pt).abs().sum(-1)
             if out_mass is not None:
                 l1 = l1 + out_mass

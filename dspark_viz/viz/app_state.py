@@ -3,9 +3,9 @@
 Scope: the playback state machine over rounds (``Explorer``: step forward, back, seek, play
 ticks with fractional carry) and the content of the guided tour. A lane is one decoding
 variant shown side by side (DSpark, the DFlash ablation, plain decoding) or a replayed trace.
-Everything here is pure except ``Explorer.extend``, which asks each live lane's
-``SpecSession`` for one more round — the caller holds the shared model lock around it.
-No Gradio, no figures (``viz.figures``/``viz.tokens`` render a state).
+Everything here is pure except ``extend_live``, which asks each live lane's ``SpecSession``
+for one more round — the caller holds the shared model lock around it. No Gradio, no
+figures (``viz.panels`` renders a state).
 """
 from __future__ import annotations
 
@@ -49,16 +49,10 @@ class Explorer:
     carry: float = 0.0  # fractional rounds owed by play ticks
     playing: bool = False
     big: bool = False  # presentation mode
-    tour: int = -1  # guided-tour step (−1 = closed)
 
     @property
     def main(self) -> Lane:
         return self.lanes[0]
-
-    @property
-    def available(self) -> int:
-        """Rounds already computed in the main lane (the cursor can move freely within)."""
-        return len(self.main.trace.rounds)
 
     @property
     def total_rounds(self) -> int:

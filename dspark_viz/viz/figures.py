@@ -8,7 +8,9 @@ given), verification per position (p_t, p_d, ratio, uniform draw, decision), τ 
 the metric table with definitions. Each function reads a trace (and a round index) and
 returns a new figure or HTML string; no model, no I/O, no Gradio. Figures are built from
 plain dicts and wrapped without plotly's per-property validation (it dominated the cost).
-Load-sweep figures live in ``viz.load_figures``; evaluation figures in ``viz.eval_figures``.
+Load-sweep figures live in ``viz.load_figures``; evaluation figures in ``viz.eval_figures``;
+which panel shows which figure, in ``viz.panels``. ``PALETTE``/``NOTEBOOK_TEMPLATE`` style the
+notebooks' own figures.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import math
 import plotly.graph_objects as go
 
 from dspark_viz.decoding.trace import TAU_CONVENTION, Round, Trace
+from dspark_viz.eval.metrics import DEFINITIONS, position_stats
 
 COLORS = {"accepted": "#2e7d32", "rejected": "#c62828", "dropped": "#9e9e9e",
           "correction": "#ef6c00", "bonus": "#1565c0", "raw": "#90caf9", "cal": "#1565c0",
@@ -30,6 +33,9 @@ _AX = {"gridcolor": "#e6e6e6", "linecolor": "#9e9e9e", "zerolinecolor": "#bdbdbd
 TEMPLATE = {"layout": {"xaxis": _AX, "yaxis": _AX, "hoverlabel": {"align": "left"},
                        "colorway": ["#1565c0", "#ef6c00", "#2e7d32", "#c62828", "#6a1b9a",
                                     "#00897b", "#5d4037", "#546e7a"]}}
+# the notebooks' own figures (validated plotly figures): a named template, one colour per run
+NOTEBOOK_TEMPLATE = "plotly_white"
+PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00897b", "#5d4037")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -150,93 +156,27 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
         why = "plain decoding: the target alone, no draft" if (r is not None or trace.meta.mode == "ar") \
             else "no round yet: press Step"
         return message_figure(title, why, big=big)
-    g = len(r.draft)
-    fates, changed = position_fates(r), markov_changed(r)
-    has_bias = any(d.boosted or d.suppressed for d in r.draft)
-    xs = list(range(1, g + 1))
-    tick = [f"x{k} {_FATE_MARK[f]}" + (" ★" if c else "") for k, f, c in zip(xs, fates, changed)]
-
-    def top_grid(attr: str):
-        z, txt, hov = [], [], []
-        for rank in range(top):
-            zr, tr, hr = [], [], []
-            for d in r.draft:
-                cands = getattr(d, attr)
-                if rank < len(cands):
-                    c = cands[rank]
-                    zr.append(c.prob)
-                    tr.append(f"{plain_token(trace.token_text(c.token), 8)}<br>{c.prob:.0%}" if c.prob >= 0.005
-                              else f"{plain_token(trace.token_text(c.token), 8)}<br>&lt;1%")
-                    hr.append(f"x{d.k} rank {rank + 1}: {plain_token(trace.token_text(c.token), 30)} "
-                              f"(id {c.token}) p={c.prob:.4f} logit={c.logit:.2f}")
-                else:
-                    zr.append(None), tr.append(""), hr.append("")
-            z.append(zr), txt.append(tr), hov.append(hr)
-        return z, txt, hov
-
-    rows = [("base", "backbone U_k<br>top candidates")]
-    if has_bias:
-        rows.append(("bias", "Markov bias B_k<br>boosted ▲ / suppressed ▼"))
-    rows.append(("corr", "corrected U_k+B_k<br>(x_k drawn here)" if has_bias else "no Markov head:<br>x_k drawn from U_k"))
-    n = len(rows)
-    gap = 0.06
+    fates = position_fates(r)
+    xs = list(range(1, len(r.draft) + 1))
+    tick = [f"x{k} {_FATE_MARK[f]}" + (" ★" if c else "")
+            for k, f, c in zip(xs, fates, markov_changed(r))]
+    rows = _draft_rows(any(d.boosted or d.suppressed for d in r.draft))
     sizes = [2 * n_bias if kind == "bias" else top for kind, _ in rows]
-    unit = (1 - gap * (n - 1)) / sum(sizes)
-    data: list[dict] = []
-    lay = _layout(f"{title} — round {r.index} (γ={g}, ℓ={len(r.verify)}, accepted {r.n_accepted})",
-                  big, 160 + 38 * sum(sizes), showlegend=False)
+    lay = _layout(f"{title} — round {r.index} (γ={len(r.draft)}, ℓ={len(r.verify)}, accepted "
+                  f"{r.n_accepted})", big, 160 + 38 * sum(sizes), showlegend=False)
     lay["margin"]["l"] = 150 if not big else 200
-    for ri, (kind, label) in enumerate(rows):
+    data: list[dict] = []
+    for ri, ((kind, label), domain) in enumerate(zip(rows, _stacked_domains(sizes))):
         ax = "" if ri == 0 else str(ri + 1)
-        y1 = 1 - sum(sizes[:ri]) * unit - ri * gap
-        y0 = y1 - sizes[ri] * unit
-        lay[f"yaxis{ax}"] = {"domain": [max(0.0, y0), y1], "autorange": "reversed", "showgrid": False,
-                             "title": {"text": label, "font": {"size": 16 if big else 12}},
-                             "tickvals": list(range(top if kind != "bias" else 2 * n_bias)),
-                             "ticktext": ([f"#{j + 1}" for j in range(top)] if kind != "bias" else
-                                          [f"▲{j + 1}" for j in range(n_bias)] +
-                                          [f"▼{j + 1}" for j in range(n_bias)])}
+        lay[f"yaxis{ax}"] = _draft_yaxis(kind, label, domain, top, n_bias, big)
         lay[f"xaxis{ax}"] = {"anchor": f"y{ax}", "tickvals": xs, "ticktext": tick,
-                             "showticklabels": ri == n - 1, "showgrid": False,
+                             "showticklabels": ri == len(rows) - 1, "showgrid": False,
                              "matches": "x" if ri else None}
-        if kind == "bias":
-            z, txt, hov = [], [], []
-            for j in range(2 * n_bias):
-                zr, tr, hr = [], [], []
-                for d in r.draft:
-                    src = d.boosted if j < n_bias else d.suppressed
-                    jj = j if j < n_bias else j - n_bias
-                    if jj < len(src):
-                        b = src[jj]
-                        zr.append(b.bias)
-                        tr.append(f"{plain_token(trace.token_text(b.token), 8)}<br>{b.bias:+.2f}")
-                        hr.append(f"x{d.k}: bias {b.bias:+.3f} on {plain_token(trace.token_text(b.token), 30)} (id {b.token})")
-                    else:
-                        zr.append(None), tr.append(""), hr.append("")
-                z.append(zr), txt.append(tr), hov.append(hr)
-            m = max([abs(v) for row in z for v in row if v is not None] or [1.0]) or 1.0
-            data.append({"type": "heatmap", "x": xs, "y": list(range(2 * n_bias)), "z": z,
-                         "text": txt, "texttemplate": "%{text}", "hovertext": hov,
-                         "hoverinfo": "text", "colorscale": [[0, "#c62828"], [0.5, "#ffffff"], [1, "#2e7d32"]], "zmin": -m, "zmax": m,
-                         "showscale": False, "xaxis": f"x{ax}", "yaxis": f"y{ax}",
-                         "xgap": 2, "ygap": 2, "textfont": {"size": 16 if big else 11}})
-            continue
-        z, txt, hov = top_grid("base_topk" if kind == "base" else "corrected_topk")
-        data.append({"type": "heatmap", "x": xs, "y": list(range(top)), "z": z, "text": txt,
-                     "texttemplate": "%{text}", "hovertext": hov, "hoverinfo": "text",
-                     "colorscale": [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], "zmin": 0, "zmax": 1, "showscale": False,
-                     "xaxis": f"x{ax}", "yaxis": f"y{ax}", "xgap": 2, "ygap": 2,
-                     "textfont": {"size": 16 if big else 11}})
-        if kind == "corr":  # circle the sampled token where it appears in the top list
-            mx, my, mc = [], [], []
-            for d, f in zip(r.draft, fates):
-                ranks = [c.token for c in d.corrected_topk[:top]]
-                if d.token in ranks:
-                    mx.append(d.k), my.append(ranks.index(d.token)), mc.append(COLORS.get(f, "#616161"))
-            data.append({"type": "scatter", "x": mx, "y": my, "mode": "markers",
-                         "marker": {"symbol": "square-open", "size": 44 if big else 34,
-                                    "color": mc, "line": {"width": 3}},
-                         "hoverinfo": "skip", "xaxis": f"x{ax}", "yaxis": f"y{ax}"})
+        cells = _bias_cells(trace, r, n_bias) if kind == "bias" else \
+            _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top)
+        data.append(_draft_heatmap(kind, xs, cells, ax, big))
+        if kind == "corr":
+            data.append(_sampled_marks(r, fates, top, ax, big))
     lay["annotations"] = [{"text": "★ = Markov head changed the top-1 · box = sampled x_k "
                                    "(green ✓ accepted, red ✗ rejected, grey dropped/discarded)",
                            "showarrow": False, "xref": "paper", "yref": "paper", "x": 0,
@@ -244,6 +184,99 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
                            "font": {"size": 14 if big else 11, "color": "#424242"}}]
     lay["margin"]["b"] = 80
     return _fig(data, lay)
+
+
+def _draft_rows(has_bias: bool) -> list[tuple[str, str]]:
+    """The stacked blocks of the draft figure: (kind, y-axis title), top to bottom."""
+    rows = [("base", "backbone U_k<br>top candidates")]
+    if has_bias:
+        rows.append(("bias", "Markov bias B_k<br>boosted ▲ / suppressed ▼"))
+    rows.append(("corr", "corrected U_k+B_k<br>(x_k drawn here)" if has_bias else
+                 "no Markov head:<br>x_k drawn from U_k"))
+    return rows
+
+
+def _stacked_domains(sizes: list[int], gap: float = 0.06) -> list[list[float]]:
+    """Paper y-domains of blocks stacked top to bottom, each as tall as its number of rows."""
+    unit = (1 - gap * (len(sizes) - 1)) / sum(sizes)
+    out = []
+    for ri in range(len(sizes)):
+        y1 = 1 - sum(sizes[:ri]) * unit - ri * gap
+        out.append([max(0.0, y1 - sizes[ri] * unit), y1])
+    return out
+
+
+def _draft_yaxis(kind: str, label: str, domain: list[float], top: int, n_bias: int,
+                 big: bool) -> dict:
+    ticks = ([f"▲{j + 1}" for j in range(n_bias)] + [f"▼{j + 1}" for j in range(n_bias)]
+             if kind == "bias" else [f"#{j + 1}" for j in range(top)])
+    return {"domain": domain, "autorange": "reversed", "showgrid": False,
+            "title": {"text": label, "font": {"size": 16 if big else 12}},
+            "tickvals": list(range(len(ticks))), "ticktext": ticks}
+
+
+def _cells(r: Round, n_rows: int, pick, fmt):
+    """(z, text, hover) grids [row][position]: ``pick(d, j)`` is the item shown at row j of x_k
+    (or None: an empty cell), ``fmt(d, j, item)`` its (value, cell text, hover text)."""
+    z, txt, hov = [], [], []
+    for j in range(n_rows):
+        row = [(pick(d, j), d) for d in r.draft]
+        cells = [fmt(d, j, it) if it is not None else (None, "", "") for it, d in row]
+        z.append([c[0] for c in cells]), txt.append([c[1] for c in cells]), hov.append([c[2] for c in cells])
+    return z, txt, hov
+
+
+def _topk_cells(trace: Trace, r: Round, attr: str, top: int):
+    """The top candidates ``attr`` (base or corrected) of each x_k, by rank."""
+    def pick(d, rank):
+        cands = getattr(d, attr)
+        return cands[rank] if rank < len(cands) else None
+
+    def fmt(d, rank, c):
+        tok = plain_token(trace.token_text(c.token), 8)
+        return (c.prob, f"{tok}<br>{c.prob:.0%}" if c.prob >= 0.005 else f"{tok}<br>&lt;1%",
+                f"x{d.k} rank {rank + 1}: {plain_token(trace.token_text(c.token), 30)} "
+                f"(id {c.token}) p={c.prob:.4f} logit={c.logit:.2f}")
+    return _cells(r, top, pick, fmt)
+
+
+def _bias_cells(trace: Trace, r: Round, n_bias: int):
+    """The ``n_bias`` largest boosts of each x_k, then its ``n_bias`` strongest suppressions."""
+    def pick(d, j):
+        src, jj = (d.boosted, j) if j < n_bias else (d.suppressed, j - n_bias)
+        return src[jj] if jj < len(src) else None
+
+    def fmt(d, j, b):
+        return (b.bias, f"{plain_token(trace.token_text(b.token), 8)}<br>{b.bias:+.2f}",
+                f"x{d.k}: bias {b.bias:+.3f} on {plain_token(trace.token_text(b.token), 30)} (id {b.token})")
+    return _cells(r, 2 * n_bias, pick, fmt)
+
+
+def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool) -> dict:
+    """One block of the draft figure: probabilities (blue, 0..1) or biases (red/white/green)."""
+    z, txt, hov = cells
+    if kind == "bias":
+        m = max([abs(v) for row in z for v in row if v is not None] or [1.0]) or 1.0
+        scale = {"colorscale": [[0, "#c62828"], [0.5, "#ffffff"], [1, "#2e7d32"]], "zmin": -m, "zmax": m}
+    else:
+        scale = {"colorscale": [[0, "#f7fbff"], [0.5, "#6baed6"], [1, "#08306b"]], "zmin": 0, "zmax": 1}
+    return {"type": "heatmap", "x": xs, "y": list(range(len(z))), "z": z, "text": txt,
+            "texttemplate": "%{text}", "hovertext": hov, "hoverinfo": "text", **scale,
+            "showscale": False, "xaxis": f"x{ax}", "yaxis": f"y{ax}", "xgap": 2, "ygap": 2,
+            "textfont": {"size": 16 if big else 11}}
+
+
+def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool) -> dict:
+    """A box around the sampled x_k where it appears among the corrected top candidates."""
+    mx, my, mc = [], [], []
+    for d, f in zip(r.draft, fates):
+        ranks = [c.token for c in d.corrected_topk[:top]]
+        if d.token in ranks:
+            mx.append(d.k), my.append(ranks.index(d.token)), mc.append(COLORS.get(f, "#616161"))
+    return {"type": "scatter", "x": mx, "y": my, "mode": "markers",
+            "marker": {"symbol": "square-open", "size": 44 if big else 34, "color": mc,
+                       "line": {"width": 3}},
+            "hoverinfo": "skip", "xaxis": f"x{ax}", "yaxis": f"y{ax}"}
 
 
 # ----------------------------------------------------------------------------- confidence
@@ -353,8 +386,9 @@ def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
 def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go.Figure:
     """The admission path Θ = τ*·SPS(B) against batch tokens B, with the stopping point.
 
-    With ``sps`` (a callable B → steps/s, e.g. the capacity curve of ``dspark_viz.load``) a
-    second panel shows SPS(B) with the operating point (the final verify batch).
+    With ``sps`` (a callable B → steps/s, or None where the curve is not known, e.g. the
+    trace's recorded ``capacity_curve.sps_at``) a second panel shows SPS(B) with the operating
+    point (the final verify batch).
     """
     title = "Scheduler"
     r = _round(trace, i)
@@ -395,17 +429,25 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
                                          "domain": [0, 0.55] if sps else [0, 1]},
                   yaxis={"title": {"text": "Θ = τ*·SPS(B)  (tokens/s)"}})
     if sps is not None:
-        lo = max(1, s.load)
         hi = max(b_final + 1, max(p.B for p in path) + 1)
-        bs = list(range(max(1, lo // 2), int(hi * 1.5) + 2))
-        data.append({"type": "scatter", "x": bs, "y": [float(sps(b)) for b in bs], "mode": "lines",
-                     "name": "SPS(B) capacity", "line": {"color": "#1565c0"}, "xaxis": "x2", "yaxis": "y2"})
-        data.append({"type": "scatter", "x": [b_final], "y": [float(sps(b_final))], "mode": "markers",
-                     "name": "operating point", "marker": {"color": "#d84315", "size": 14},
-                     "xaxis": "x2", "yaxis": "y2"})
+        data += _capacity_traces(sps, range(max(1, max(1, s.load) // 2), int(hi * 1.5) + 2), b_final)
         lay["xaxis2"] = {"domain": [0.68, 1], "anchor": "y2", "title": {"text": "B (tokens)"}}
         lay["yaxis2"] = {"anchor": "x2", "title": {"text": f"SPS(B) steps/s — {s.capacity}"}}
     return _fig(data, lay)
+
+
+def _capacity_traces(sps, bs: range, b_final: int) -> list[dict]:
+    """SPS(B) over ``bs`` and the operating point at ``b_final`` (where the curve is known)."""
+    pts = [(b, sps(b)) for b in bs]
+    pts = [(b, float(y)) for b, y in pts if y is not None]  # a recorded curve ends somewhere
+    op = sps(b_final)
+    return [{"type": "scatter", "x": [b for b, _ in pts], "y": [y for _, y in pts],
+             "mode": "lines", "name": "SPS(B) capacity", "line": {"color": "#1565c0"},
+             "xaxis": "x2", "yaxis": "y2"},
+            {"type": "scatter", "x": [b_final] if op is not None else [],
+             "y": [float(op)] if op is not None else [], "mode": "markers",
+             "name": "operating point", "marker": {"color": "#d84315", "size": 14},
+             "xaxis": "x2", "yaxis": "y2"}]
 
 
 # ----------------------------------------------------------------------------- run so far
@@ -442,7 +484,6 @@ def position_figure(trace: Trace, upto: int, *, big: bool = False) -> go.Figure:
 
     The counts come from ``dspark_viz.eval.metrics.position_stats`` (definitions there).
     """
-    from dspark_viz.eval.metrics import DEFINITIONS, position_stats
     title = "Per-position acceptance"
     rounds = [r for r in trace.rounds[:upto] if r.draft]
     if not rounds:
@@ -544,6 +585,6 @@ def round_summary_html(trace: Trace, i: int) -> str:
             f"+ verify {t.verify_ms:.0f} ms = {t.total_ms:.0f} ms</div>")
 
 
-__all__ = ["plain_token", "message_figure", "position_fates", "markov_changed",
+__all__ = ["COLORS", "PALETTE", "NOTEBOOK_TEMPLATE", "plain_token", "message_figure", "position_fates", "markov_changed",
            "draft_block_figure", "confidence_figure", "verify_figure", "admission_figure",
            "tau_figure", "position_figure", "run_stats", "metrics_html", "round_summary_html", "METRIC_DEFS"]
