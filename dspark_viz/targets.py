@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME
-from dspark_viz.errors import UserError
+from dspark_viz.errors import UserError, one_line
 from dspark_viz.config import TinyTargetSpec
 
 
@@ -359,8 +359,7 @@ def load_target(spec: str = "embedded", *, device: torch.device | str | None = N
         tok = AutoTokenizer.from_pretrained(spec)
         model = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype).to(device)
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TargetError(f"cannot load target {spec!r}: {first}") from None
+        raise TargetError(f"cannot load target {spec!r}: {one_line(e)}") from None
     return _wrap_hf(model, tok, spec)
 
 

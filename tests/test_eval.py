@@ -143,8 +143,10 @@ def test_figures_build_from_a_report():
 # ----------------------------------------------------------------------------- commands
 @pytest.fixture
 def cli_on_tiny(monkeypatch, tiny_qwen):
-    import dspark_viz.targets as targets
-    monkeypatch.setattr(targets, "load_target", lambda spec, device=None, dtype=None: tiny_qwen)
+    import dspark_viz.cli.common as common
+    import dspark_viz.cli.eval as cli_eval
+    for mod in (common, cli_eval):  # the CLI modules import load_target at their top
+        monkeypatch.setattr(mod, "load_target", lambda spec, device=None, dtype=None: tiny_qwen)
     from dspark_viz.cli import main
     return main
 
