@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from dspark_viz.errors import UserError
 
 GAMMA_MAX = 16
-FAMILIES = ("qwen3", "gemma3")
+FAMILIES = ("qwen3", "gemma3", "gemma4")
 MARKOV_TYPES = ("none", "vanilla", "gated", "rnn")
 
 
@@ -32,7 +32,7 @@ class DrafterConfig:
     output and i ≥ 0 for the output of target decoder layer i.
     """
 
-    family: str  # "qwen3" | "gemma3" (Gemma 4 targets use gemma3-style draft layers)
+    family: str  # "qwen3" | "gemma3" | "gemma4" (the target's; sets the draft layers' style)
     vocab_size: int
     hidden_size: int
     target_layer_ids: tuple[int, ...]
@@ -46,6 +46,11 @@ class DrafterConfig:
     intermediate_size: int = 1024
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
+    # Gemma 4 (DeepSpec's Gemma4DSparkModel): the fraction of frequency pairs that rotate
+    # (proportional RoPE, θ^(−2i/d) for i < proportion·d/2, the rest 0; 1 = plain RoPE) and
+    # whether the values are the key projection (``attention_k_eq_v``: no v_proj)
+    rope_proportion: float = 1.0
+    k_eq_v: bool = False
     markov_type: str = "vanilla"
     markov_rank: int = 256
     confidence_head: bool = True
@@ -76,6 +81,10 @@ class DrafterConfig:
             raise ConfigError(f"draft_vocab_size must be in [0, vocab_size], got {self.draft_vocab_size}")
         if not 0 <= self.mask_token_id < self.vocab_size:
             raise ConfigError(f"mask_token_id {self.mask_token_id} outside the vocabulary")
+        if not 0.0 < self.rope_proportion <= 1.0:
+            raise ConfigError(f"rope_proportion must be in (0, 1], got {self.rope_proportion}")
+        if self.family != "gemma4" and (self.k_eq_v or self.rope_proportion != 1.0):
+            raise ConfigError("k_eq_v and rope_proportion < 1 exist for Gemma 4 drafters only")
 
     @property
     def has_markov(self) -> bool:
@@ -125,8 +134,8 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.gamma <= GAMMA_MAX:
             raise ConfigError(f"gamma must be in [1, {GAMMA_MAX}], got {self.gamma}")
-        if not self.temperature >= 0.0:
-            raise ConfigError(f"temperature must be ≥ 0, got {self.temperature}")
+        if not 0.0 <= self.temperature < float("inf"):
+            raise ConfigError(f"temperature must be finite and ≥ 0, got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be ≥ 0 (0 = off), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -151,7 +160,7 @@ class DecodeConfig:
 class TinyTargetSpec:
     """A tiny random target for tests (vocab ≤ 512, hidden 32–64, 2 layers)."""
 
-    family: str = "qwen3"
+    family: str = "qwen3"  # "qwen3" | "gemma3" | "gemma4"
     vocab_size: int = 256
     hidden_size: int = 64
     num_layers: int = 2

@@ -20,10 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME
+from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME, TinyTargetSpec
 from dspark_viz.errors import UserError, one_line
-from dspark_viz.config import TinyTargetSpec
-
 
 
 class TargetError(UserError):
@@ -187,11 +185,13 @@ class Target:
         return self.model.get_input_embeddings()(ids)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """[…, H] → […, V] float32: the target's LM head (and final soft-cap, if any)."""
-        z = self.model.get_output_embeddings()(h).float()
+        """[…, H] → […, V] float32: the target's LM head and final soft-cap (if any), the cap
+        applied in the head's output dtype before the fp32 upcast, as Hugging Face's Gemma
+        causal LMs and DeepSpec's ``compute_logits`` do (in fp32 the order does not matter)."""
+        z = self.model.get_output_embeddings()(h)
         if self.softcap:
             z = torch.tanh(z / self.softcap) * self.softcap
-        return z
+        return z.float()
 
     def final_norm(self, h: torch.Tensor) -> torch.Tensor:
         return self.model.base_model.norm(h)
@@ -240,12 +240,61 @@ class Target:
 
 # ----------------------------------------------------------------------------- loading
 def _family_of(model_type: str) -> str:
+    """``qwen3*`` → qwen3; ``gemma4*`` (``gemma4``, ``gemma4_text``, ``gemma4_unified``…) →
+    gemma4; other Gemma (``gemma3``, ``gemma3_text``…) → gemma3."""
     mt = model_type.lower()
     if mt.startswith("qwen3"):
         return "qwen3"
+    if mt.startswith("gemma4"):
+        return "gemma4"
     if mt.startswith("gemma"):
         return "gemma3"
     raise TargetError(f"unsupported target family {model_type!r} (supported: Qwen3, Gemma 3/4)")
+
+
+@dataclass(frozen=True)
+class FullAttention:
+    """A Gemma 4 target's full-attention geometry, which DeepSpec's Gemma 4 draft layers copy
+    (``deepspec/modeling/dspark/gemma4``): head dim ``global_head_dim``, key/value heads
+    ``num_global_key_value_heads`` when K = V (``attention_k_eq_v``) else ``num_key_value_heads``,
+    and the ``full_attention`` RoPE (θ, proportion of rotating frequency pairs)."""
+
+    head_dim: int
+    num_kv_heads: int
+    k_eq_v: bool
+    rope_theta: float
+    rope_proportion: float
+
+
+def config_value(cfg, key: str, default=None):
+    """``cfg.key`` as the config's global value, also where transformers ≥ 5.2x marks the key
+    per-layer and refuses a plain read (Gemma 4's ``head_dim`` / ``num_key_value_heads``)."""
+    read = getattr(cfg, "_getattr_without_heterogeneous_validation", None)
+    if read is not None:
+        return read(key, default)
+    return getattr(cfg, key, default)
+
+
+def gemma4_full_attention(cfg) -> FullAttention:
+    """Read :class:`FullAttention` from a Gemma 4 text config. transformers ≤ 5.1x keeps
+    ``global_head_dim`` / ``num_global_key_value_heads`` as attributes (DeepSpec pins 5.10.2);
+    5.2x moves them into ``per_layer_config`` — both are read."""
+    per = config_value(cfg, "per_layer_config")
+    types = config_value(cfg, "layer_types") or []
+    full = per["full_attention"] if per is not None and "full_attention" in types else None
+    k_eq_v = bool(config_value(cfg, "attention_k_eq_v", False))
+    head_dim = config_value(cfg, "global_head_dim") or (full.head_dim if full is not None else None)
+    head_dim = int(head_dim or config_value(cfg, "head_dim"))
+    kv = config_value(cfg, "num_global_key_value_heads") if k_eq_v else None
+    if kv is None:
+        kv = full.num_key_value_heads if full is not None else config_value(cfg, "num_key_value_heads")
+    rp = (config_value(cfg, "rope_parameters") or {}).get("full_attention") or {}
+    kind = rp.get("rope_type", "default")
+    if kind not in ("default", "proportional"):
+        raise TargetError(f"unsupported full-attention rope_type {kind!r} (default or proportional)")
+    prop = float(rp.get("partial_rotary_factor", 1.0)) if kind == "proportional" else 1.0
+    return FullAttention(head_dim=head_dim, num_kv_heads=int(kv), k_eq_v=k_eq_v,
+                         rope_theta=float(rp.get("rope_theta", 1e6)), rope_proportion=prop)
 
 
 def _mask_id(tok, vocab_size: int) -> int:
@@ -330,7 +379,8 @@ def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
 def load_target(spec: str = "embedded", *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None) -> Target:
     """Load a target by Hugging Face id, local directory, the embedded default, or
-    ``tiny:qwen3`` / ``tiny:gemma3[:SEED]`` (tiny random targets, for tests and tutorials).
+    ``tiny:qwen3`` / ``tiny:gemma3`` / ``tiny:gemma4[:SEED]`` (tiny random targets, for tests and
+    tutorials).
 
     Fails with a one-line ``TargetError`` when the path does not exist, the hub cannot be
     reached, or the family is not supported.
@@ -340,7 +390,7 @@ def load_target(spec: str = "embedded", *, device: torch.device | str | None = N
         try:
             seed = int(parts[2]) if len(parts) > 2 else (0 if parts[1] == "qwen3" else 1)
         except ValueError:
-            raise TargetError(f"bad tiny target spec {spec!r} (tiny:qwen3|gemma3[:SEED])") from None
+            raise TargetError(f"bad tiny target spec {spec!r} (tiny:qwen3|gemma3|gemma4[:SEED])") from None
         return tiny_target(family=parts[1], vocab_size=320, seed=seed, device=device, dtype=dtype)
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -365,8 +415,12 @@ def load_target(spec: str = "embedded", *, device: torch.device | str | None = N
 
 def tiny_target(spec: TinyTargetSpec | None = None, *, device: torch.device | str | None = None,
                 dtype: torch.dtype | None = None, **kw) -> Target:
-    """A tiny random Qwen3 or Gemma 3 target built in-process (tests, tutorials, CI).
+    """A tiny random Qwen3, Gemma 3 or Gemma 4 target built in-process (tests, tutorials, CI).
 
+    Gemma 4 (``Gemma4ForCausalLM``, text only): sliding and full attention layers alternate (window
+    16), the full ones with the Gemma 4 geometry DeepSpec's drafter copies — ``global_head_dim`` 2×
+    the sliding head dim, K = V with one key/value head, proportional RoPE (¼ of the pairs) — a
+    final logit soft-cap of 30 and no per-layer input embeddings; ``spec.extra`` overrides any.
     The weights are drawn on the CPU (identical on every machine), then moved to ``device``
     (default CPU) in ``dtype`` (default float32)."""
     spec = spec or TinyTargetSpec(**kw)
@@ -387,8 +441,16 @@ def tiny_target(spec: TinyTargetSpec | None = None, *, device: torch.device | st
             (spec.num_layers + 1) // 2))
         common["layer_types"] = common["layer_types"][: spec.num_layers]
         cfg, cls = Gemma3TextConfig(**common), Gemma3ForCausalLM
+    elif spec.family == "gemma4":
+        from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+        g4 = dict(sliding_window=16, global_head_dim=2 * spec.head_dim, num_global_key_value_heads=1,
+                  attention_k_eq_v=True, hidden_size_per_layer_input=0, final_logit_softcapping=30.0,
+                  layer_types=["sliding_attention", "full_attention"] * ((spec.num_layers + 1) // 2))
+        common = g4 | common
+        common["layer_types"] = common["layer_types"][: spec.num_layers]
+        cfg, cls = Gemma4TextConfig(**common), Gemma4ForCausalLM
     else:
-        raise TargetError(f"tiny targets exist for qwen3 and gemma3, not {spec.family!r}")
+        raise TargetError(f"tiny targets exist for qwen3, gemma3 and gemma4, not {spec.family!r}")
     g = torch.Generator().manual_seed(spec.seed)
     model = cls(cfg)
     with torch.no_grad():  # deterministic, fairly peaked weights (so greedy text is not flat)

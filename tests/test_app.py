@@ -25,7 +25,7 @@ from dspark_viz.decoding.trace import Trace  # noqa: E402
 DEFAULTS = dict(source="live model", prompt="def f(x):", target_spec=None, drafter_spec="default",
                 trace_file=None, gamma=7, temperature=0.0, seed=0, max_tokens=24,
                 policy="threshold:0.5", load=1, capacity=appmod.NO_CURVE, calibration=True,
-                markov_off=False, force_ell="off", compare=False, big=False)
+                markov_off=False, force_ell="off", compare=False, big=False, demo_trace=None)
 ORDER = list(DEFAULTS)
 
 
@@ -44,7 +44,11 @@ def served(tiny_qwen):
 
 
 def _round_of(status: str) -> tuple[int, int]:
-    m = re.search(r"round (\d+)/(\d+)", status)
+    """(rounds shown, rounds there are) from the status line ("after prefill" is round 0)."""
+    if "after prefill" in status:
+        m = re.search(r"(\d+) rounds recorded", status)
+        return 0, int(m.group(1)) if m else 0
+    m = re.search(r"round (\d+) of (\d+)", status)
     assert m, status
     return int(m.group(1)), int(m.group(2))
 
@@ -78,12 +82,13 @@ def test_start_step_back_seek_export(served):
     fwd = c.predict(False, api_name="/step")  # replays the recorded round, no recompute
     assert fwd[2] == seen[2][0]
     c.predict(0, False, api_name="/seek")
-    files = c.predict(api_name="/export_trace")
+    files, status = c.predict(api_name="/export_trace")
+    assert "dsv-error" not in status
     tr = Trace.load(files[0])
     assert len(tr.rounds) == 3
     solo = _solo(target, drafter, 3)
     assert [r.committed for r in tr.rounds] == [r.committed for r in solo.rounds]
-    zips = c.predict(api_name="/export_figures")
+    zips = c.predict(api_name="/export_figures")[0]
     import zipfile
     names = zipfile.ZipFile(zips[0]).namelist()
     assert {"draft_block.html", "verification.html", "plotly.min.js", "text.html"} <= set(names)
@@ -98,7 +103,7 @@ def test_compare_mode_lanes_and_speedup(served):
     metrics, lanes = out[10], out[11]
     assert "speedup vs plain" in metrics and "dflash" in metrics and "plain" in metrics
     assert "DFlash ablation" in lanes and "plain target decoding" in lanes
-    files = c.predict(api_name="/export_trace")
+    files = c.predict(api_name="/export_trace")[0]
     modes = sorted(Trace.load(f).meta.mode for f in files)
     assert modes == ["ar", "dflash", "dspark"]
     plain = next(Trace.load(f) for f in files if Trace.load(f).meta.mode == "ar")
@@ -115,7 +120,7 @@ def test_load_scheduler_and_load_view(served):
     sched = json.loads(out[6]["plot"])
     assert "R = 16" in sched["layout"]["title"]["text"]
     assert any(t.get("name") == "operating point" for t in sched["data"])
-    fig = json.loads(c.predict(7, "h200-qwen3-8b", 16, False, api_name="/load_view")["plot"])
+    fig = json.loads(c.predict(7, "h200-qwen3-8b", 16, False, api_name="/load_view")[0]["plot"])
     names = {t.get("name") for t in fig["data"]}
     assert {"fixed(1)", "fixed(7)", "hardware", "current R = 16"} <= names
 
@@ -177,7 +182,7 @@ def test_eight_users_at_once_no_cross_talk(served):
             barrier.wait(timeout=60)
             for _ in range(steps):
                 c.predict(False, api_name="/step")
-            results[i] = (kw, Trace.load(c.predict(api_name="/export_trace")[0]))
+            results[i] = (kw, Trace.load(c.predict(api_name="/export_trace")[0][0]))
         except Exception as e:  # noqa: BLE001
             errors.append(repr(e))
 
@@ -208,3 +213,96 @@ def test_embedded_default_labels_untrained_drafter(embedded_target):
         assert _round_of(out[0]) == (1, 1) and json.loads(out[4]["plot"])["data"]
     finally:
         demo.close()
+
+
+# ----------------------------------------------------------------------------- issue 18: the demo
+def test_shipped_demo_trace_replays_with_no_model_loaded():
+    assert len(appmod.DEMO_MENU) >= 6  # code, math, prose × fixed, hardware-aware R = 64
+    total = sum((appmod.TRACES_DIR / n).stat().st_size for n in appmod.SHIPPED_TRACES)
+    assert total <= 2 * 2 ** 20
+    demo = appmod.build_app(None, None)  # nothing loaded, nothing to load
+    _, url, _ = appmod.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        c = Client(url, verbose=False)
+        entry = next(e for e in appmod.DEMO_MENU if e.startswith("code-hardware-R64"))
+        args = dict(DEFAULTS, source=appmod.DEMO, demo_trace=entry, target_spec=None)
+        out = c.predict(*[args[k] for k in ORDER], api_name="/start")
+        shown, n = _round_of(out[0])
+        assert (shown, n) == (0, len(appmod.load_shipped(entry).rounds)) and n > 5
+        assert "hardware" in out[0] and "R = 64" in out[0]
+        out = c.predict(False, api_name="/step")
+        assert _round_of(out[0]) == (1, n)
+        assert "round 1" in json.loads(out[4]["plot"])["layout"]["title"]["text"]  # one numbering
+        sched = json.loads(out[6]["plot"])
+        assert "R = 64" in sched["layout"]["title"]["text"]
+        assert "Θ = τ*·SPS(B)" in out[12]  # the scheduler's terms beside its panel
+        out = c.predict(120, False, api_name="/tick")  # not playing: nothing moves
+        assert _round_of(out[0]) == (1, n)
+        bad = dict(args, demo_trace="../../etc/passwd")
+        out = c.predict(*[bad[k] for k in ORDER], api_name="/start")
+        assert "dsv-error" in out[0] and "demo trace" in out[0]
+    finally:
+        demo.close()
+
+
+def test_clean_text_keeps_the_output_and_strips_discarded_drafts(served):
+    from dspark_viz.viz import text_view as TV
+    from dspark_viz.viz.app_state import Explorer, Lane
+    from dspark_viz.viz.panels import PANELS, view_of
+    _, target, drafter = served
+    tr = _solo(target, drafter, 4)
+    html_ = TV.clean_html(tr, 4)
+    body = html_.split('<div class="dsv-proposed">')[0]
+    assert 'data-fate="rejected"' not in body and 'data-fate="dropped"' not in body
+    assert "⏎" not in body and "<br>" not in body  # real newlines (pre-wrap), never markers
+    gone = TV.discarded_of(tr, 3)
+    assert len(gone) == len(tr.rounds[3].verify) - tr.rounds[3].n_accepted + len(tr.rounds[3].dropped)
+    if gone:
+        assert 'class="dsv-mark"' in body and "also proposed" in html_
+    ex = Explorer([Lane("dspark", "lane", tr)], source="replay", cursor=4)
+    text = next(p for p in PANELS if p.name == "text")
+    assert text.render(view_of(ex)) != (ex.__setattr__("history", True) or text.render(view_of(ex)))
+    assert "dsv-tokens" in text.render(view_of(ex))  # the old inline history on the toggle
+
+
+def test_status_numbering_sessions_and_replay_settings(served, monkeypatch):
+    _, target, drafter = served
+    tr = _solo(target, drafter, 3, gamma=5, temperature=0.0, seed=7)
+    from dspark_viz.viz.app_state import Explorer, Lane
+    ex = Explorer([Lane("replay", "x", tr)], source="replay", settings=appmod._trace_settings(tr))
+    assert "after prefill · 3 rounds recorded" in appmod.status_html(ex)
+    assert "round 3 of 3 · finished" in appmod.status_html(ex.seek(3))
+    ups = appmod.sidebar_of(ex)
+    assert ups[1]["value"] == 5 and ups[3]["value"] == 7 and ups[0]["value"] == tr.meta.prompt
+    s = appmod.Sessions(size=2)
+    a = s.put("", ex)
+    assert len(a) >= 16 and s.get(a) is ex and s.get("nope") is None
+    s.put("", ex), s.put("", ex)
+    assert s.get(a) is None  # least recently used out
+    assert [u["value"] for u in appmod.demo_under_load()] == ["hardware", 64, appmod.NO_CURVE]
+    step, text, pol, load, cap = appmod.on_tour(appmod.SCHEDULER_STEP - 1, 1)
+    assert step == appmod.SCHEDULER_STEP and pol["value"] == "hardware" and load["value"] == 64
+    notes = []
+    monkeypatch.setattr(appmod, "confidence_problem", lambda p, d, cfg: "hardware needs confidences")
+    appmod._policy_for("hardware", DecodeConfig(gamma=4), None, None, notes, "DFlash")
+    assert notes and notes[0].startswith("DFlash lane:")
+
+
+def test_pinned_calibration_is_explained_and_load_axes_are_labelled():
+    from types import SimpleNamespace
+    from dspark_viz.viz import load_figures as LF
+    from dspark_viz.viz import panels as P
+    from dspark_viz.viz.app_state import Explorer, Lane
+    tr = appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("prose-fixed")))
+    i = next(i for i in range(len(tr.rounds)) if P.pinned_positions(tr, i))
+    for k in P.pinned_positions(tr, i):
+        d = tr.rounds[i].draft[k - 1]
+        assert d.k == k and round(d.conf_cal, 2) == 0.5 and round(d.conf_raw, 2) != 0.5
+    fig = P._confidence(P.view_of(Explorer([Lane("replay", "x", tr)], source="replay", cursor=i + 1)))
+    assert any("pinned" in a.text for a in fig.layout.annotations)
+    res = [SimpleNamespace(policy=p, R=R, throughput=1.0, per_user=1.0, budget=1.0)
+           for p in ("fixed(7)", "hardware") for R in (1, 4, 64)]
+    lf = LF.load_sweep_figure(res)
+    for ax in ("xaxis", "xaxis2", "xaxis3"):
+        a = lf.layout[ax]
+        assert a.type == "log" and a.showticklabels and list(a.tickvals) == [1, 4, 64]

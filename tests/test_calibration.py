@@ -175,3 +175,66 @@ def test_bad_calibration_files(tmp_path):
         C.save_calibration(tmp_path, [1.0, 0.0])
     with pytest.raises(C.CalibrationError):
         C.save_calibration(tmp_path / "missing", [1.0])
+
+
+# ----------------------------------------------------------------------------- hardening
+def test_collect_pairs_is_gamma_wide_and_refuses_longer_rounds():
+    from test_metrics import make_round, make_trace
+    short = make_trace([make_round(0, gamma=2, ell=2, n_acc=1, kind="correction", conf=[0.9, 0.4])],
+                       gamma=4, wall=0.5)
+    d = C.collect_pairs([short], gamma=4)
+    assert d.gamma == 4 and d.observed[0].tolist() == [True, True, False, False]
+    full = C.collect_pairs([trace_a()], gamma=4)
+    fit = C.fit_sts(d)  # fitted on the short rounds: still γ temperatures, the held-out report works
+    assert len(fit.temperatures) == 4
+    rep = C.calibration_report(full, fit.temperatures)
+    assert len(rep["before"]) == 4 and rep["before"][3]["n"] == 3
+    with pytest.raises(C.CalibrationError, match="more than γ=3") as e:
+        C.collect_pairs([trace_a()], gamma=3)
+    assert "\n" not in str(e.value)
+
+
+def test_calibrate_traces_shorter_than_gamma_do_not_crash(tmp_path, monkeypatch, tiny_qwen, capsys):
+    """Fit on traces whose rounds drafted fewer than γ tokens, report on full ones: γ columns."""
+    import dspark_viz.cli.eval as cli_eval
+    from conftest import make_drafter
+    from dspark_viz.cli import main
+    from dspark_viz.config import DecodeConfig
+    from dspark_viz.decoding.engine import SpecSession
+    monkeypatch.setattr(cli_eval, "load_target", lambda spec, device=None, dtype=None: tiny_qwen)
+    d = make_drafter(tiny_qwen)
+    d.save_pretrained(tmp_path / "dr")
+    (tmp_path / "tr").mkdir()
+    for i in range(4):
+        cfg = DecodeConfig(gamma=3, max_new_tokens=10, seed=i, force_ell=1 if i else None)
+        tr = SpecSession(tiny_qwen, d, cfg).run(f"hello {i}")
+        raw = tr.to_dict()
+        if i:  # rounds that drafted (and verified) one token
+            for r in raw["rounds"]:
+                r["draft"] = r["draft"][:1]
+        (tmp_path / "tr" / f"{i}.json").write_text(json.dumps(raw))
+    for holdout in ("0.25", "0.75"):
+        rc = main(["calibrate", "--drafter", str(tmp_path / "dr"), "--gamma", "3", "--quiet",
+                   "--dry-run", "--holdout", holdout, "--traces", str(tmp_path / "tr"),
+                   "--json", str(tmp_path / "c.json")])
+        out = capsys.readouterr()
+        assert rc == 0, out.err
+        rep = json.loads((tmp_path / "c.json").read_text())
+        assert len(rep["temperatures"]) == 3 and len(rep["report"]["before"]) == 3
+
+
+@pytest.mark.parametrize("text", ['{"temperatures": [1.0, Infinity]}', '{"temperatures": [1e999]}',
+                                  '{"temperatures": [NaN]}', '{"temperatures": [' + "9" * 400 + "]}",
+                                  '{"temperatures": [1], "temperature": ' + "9" * 400 + "}"])
+def test_calibration_json_with_non_finite_numbers_refused(tmp_path, tiny_qwen, text):
+    from conftest import make_drafter
+    from dspark_viz.drafter.model import DrafterError, DSparkDrafter
+    make_drafter(tiny_qwen).save_pretrained(tmp_path / "dr")
+    (tmp_path / "dr" / C.CALIBRATION_FILE).write_text(text)
+    if "temperature\"" not in text:  # the loader of `calibrate` checks the temperatures
+        with pytest.raises(C.CalibrationError) as e:
+            C.load_calibration(tmp_path / "dr")
+        assert "\n" not in str(e.value) and C.CALIBRATION_FILE in str(e.value)
+    with pytest.raises(DrafterError) as e:  # the drafter refuses to load with it
+        DSparkDrafter.from_pretrained(tmp_path / "dr")
+    assert "\n" not in str(e.value) and "calibration" in str(e.value)

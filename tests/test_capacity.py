@@ -70,6 +70,10 @@ def test_json_roundtrip(tmp_path):
     assert resolve_capacity(tmp_path / "c.json").name == "t"
 
 
+def _roof(**kw) -> dict:
+    return {**get_curve("h100-qwen3-8b").to_dict()["roofline"], **kw}
+
+
 @pytest.mark.parametrize("mutate,msg", [
     (lambda d: d.update(step_ms=[1.0]), "2 batch sizes but 1 step times"),
     (lambda d: d.update(batch=[2, 1]), "strictly increasing"),
@@ -84,6 +88,20 @@ def test_json_roundtrip(tmp_path):
     (lambda d: d.update(batch=[], step_ms=[]), "at least one point"),
     (lambda d: d.update(format="trace"), "not a capacity curve"),
     (lambda d: d.update(roofline={"device": "x"}), "roofline"),
+    # hardening: numbers a float cannot hold, wrong types inside the roofline
+    (lambda d: d.update(step_ms=[1.0, 10**400]), "finite and > 0"),
+    (lambda d: d.update(batch=[1, 10**400]), "integers ≥ 1"),
+    (lambda d: d.update(context_len=10**400), "context_len must be an integer"),
+    (lambda d: d.update(requests=True), "requests must be an integer"),
+    (lambda d: d.update(name=["x"]), "non-empty name"),
+    (lambda d: d.update(interp=["linear"]), "interp must be"),
+    (lambda d: d.update(roofline=_roof(buckets="abc")), "buckets must be a list of integers"),
+    (lambda d: d.update(roofline=_roof(buckets=[1, 2.5])), "buckets must be a list of integers"),
+    (lambda d: d.update(roofline=_roof(buckets=[4, 2])), "strictly increasing"),
+    (lambda d: d.update(roofline=_roof(bandwidth_tbs=10**400)), "bandwidth_tbs must be a positive"),
+    (lambda d: d.update(roofline=_roof(layers=10**400)), "layers must be an integer"),
+    (lambda d: d.update(roofline=_roof(overhead_ms="x")), "overhead_ms must be ≥ 0"),
+    (lambda d: d.update(roofline=_roof(device=3)), "must be strings"),
 ])
 def test_malformed_rejected_one_line(tmp_path, mutate, msg):
     d = CapacityCurve(name="t", kind="table", batch=(1, 2), step_ms=(3.0, 4.0)).to_dict()

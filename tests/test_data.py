@@ -81,7 +81,7 @@ class FakeBackend:
     def __init__(self, n=5, finish=True):
         self.n, self.finish, self.calls, self.prompts = n, finish, 0, []
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, max_new_tokens, keys=None):
         self.calls += 1
         self.prompts.extend(prompts)
         body = [100 + i for i in range(self.n)][:max_new_tokens]
@@ -345,3 +345,307 @@ def test_builtin_tasks_cover_three_domains_and_stay_off_the_eval_prompts():
     assert near_duplicate("Factor x² − 5x + 6 and use the factors to write down its roots.", held_out)
     assert near_duplicate("Please describe a lighthouse keeper's morning on a rainy day.", held_out)
     assert not near_duplicate("Write a Python function that counts the vowels in a string.", held_out)
+
+
+# ------------------------------------------------------------------------------ issue 21: mix
+from dspark_viz.data import batchgen as BG  # noqa: E402
+from dspark_viz.data import corpora as K  # noqa: E402
+from dspark_viz.data import mix as M  # noqa: E402
+from dspark_viz.data import shards as SH  # noqa: E402
+from dspark_viz.eval.prompts import builtin_sets  # noqa: E402
+from dspark_viz.sampling import warp  # noqa: E402
+
+_LONG = ("Explain how the garbage collector of a reference counted runtime finds cycles between "
+         "container objects, why it keeps three generations, and when a program should call it by hand.")
+
+
+def _fake_source(n, seed=0):
+    """A source with one of everything the builder must drop, then plain prompts."""
+    eval_prompt = builtin_sets()["code"][0]
+    texts = [_LONG,
+             _LONG.upper().replace(",", " ;"),                       # same after normalising
+             _LONG.replace("by hand", "manually"),                   # near-duplicate (Jaccard ≥ 0.8)
+             eval_prompt,                                            # a held-out eval prompt
+             "Give three tips for staying healthy.",                 # a benchmark's opening
+             "You are given a 0-indexed integer array nums. Return its sum.",  # benchmark-shaped
+             "Describe " + "a very long request " * 80]              # too long
+    texts += [f"Write a short poem about the number {i} and the colour {c}."
+              for i, c in zip(range(100), ["red", "green", "blue", "teal"] * 25)]
+    rng = __import__("random").Random(seed)
+    head, tail = texts[:7], texts[7:]
+    rng.shuffle(tail)
+    return [S.Prompt(id=S._pid("fake", t), turns=(t,), source="fake") for t in (head + tail)[:n]]
+
+
+FAKE = {"fake": (_fake_source, "prose")}
+
+
+@pytest.fixture(scope="module")
+def guard():
+    return M.BenchmarkGuard()
+
+
+def test_mix_is_deterministic_deduplicated_and_guarded(tmp_path, guard):
+    a, ra = M.build_mix({"fake": 20}, seed=3, sources=FAKE, guard=guard)
+    b, rb = M.build_mix({"fake": 20}, seed=3, sources=FAKE, guard=guard)
+    assert [p.id for p in a] == [p.id for p in b] and len(a) == 20
+    assert ra.dropped["fake"] == {"duplicate": 1, "near-duplicate": 1, "near-eval": 2, "style": 1,
+                                  "too-long": 1}
+    texts = {p.turns[0] for p in a}
+    assert _LONG in texts and not texts & {builtin_sets()["code"][0], "Give three tips for staying healthy."}
+    assert [p.id for p in M.build_mix({"fake": 20}, seed=4, sources=FAKE, guard=guard)[0]] != [p.id for p in a]
+    # file + manifest: same content → same bytes; read back in idx order; the sha256 is checked
+    f1, f2 = tmp_path / "a" / "p.jsonl.gz", tmp_path / "b" / "p.jsonl.gz"
+    m1 = M.write_mix(f1, a, ra, seed=3)
+    m2 = M.write_mix(f2, b, rb, seed=3)
+    assert m1["sha256"] == m2["sha256"] and m1["by_source"] == {"fake": 20} and m1["by_domain"] == {"prose": 20}
+    back = M.read_mix(f1)
+    assert [(p.id, p.turns) for p in back] == [(p.id, p.turns) for p in a]
+    # the guard: the recipe's held-out tasks requests and their same-behaviour variants are refused
+    held = M.recipe_heldout_texts()
+    assert guard(held[0]) == "near-eval" and guard(held[-1]) == "near-eval"
+    assert guard("Write a Python function `parse_header(line)` that splits an HTTP header line.") is None
+
+
+def test_near_dup_index_and_normalise():
+    idx = M.NearDupIndex()
+    assert idx.add(_LONG) and not idx.add(_LONG.replace("by hand", "manually"))
+    assert idx.add("Write a Go function that counts the vowels in a string.")
+    assert idx.add("Write a Java function that counts the vowels in a string.")  # Jaccard 0.5: kept
+    assert M.normalise("Héllo,  WORLD!") == M.normalise("héllo world")
+
+
+@pytest.mark.parametrize("name", ["pyfaq", "perlfaq", "pyguide", "pyapi", "debref", "fortunes",
+                                  "wordnet", "go-write", "faker"])
+def test_installed_corpora_are_deterministic_requests(name):
+    try:
+        a = K.CORPORA[name](30, 1)
+    except K.CorpusError as e:
+        pytest.skip(str(e))
+    b = K.CORPORA[name](30, 1)
+    assert [p.turns for p in a] == [p.turns for p in b] and len(a) == 30
+    assert len({p.id for p in a}) == 30 and all(p.turns[0].strip() and len(p.turns) == 1 for p in a)
+    assert [p.id for p in K.CORPORA[name](30, 2)] != [p.id for p in a]
+
+
+def test_missing_corpus_is_a_one_line_error(tmp_path):
+    with pytest.raises(K.CorpusError, match="apt-get install perl-doc") as e:
+        K.perlfaq(5, 0, root=tmp_path / "nowhere")
+    assert "\n" not in str(e.value)
+
+
+def _write_lines(path, lines):
+    import gzip
+    path.write_bytes(gzip.compress("".join(l + "\n" for l in lines).encode()))
+
+
+@pytest.mark.parametrize("content,msg", [
+    (b"\x1f\x8bnot really gzip", "not a readable gzip"),
+    (None, r"p\.jsonl\.gz:2: malformed JSON"),
+    ("idx", "'idx' must be 1"),
+    ("turns", "'turns' must be a non-empty list"),
+    (b"", "no prompts"),
+])
+def test_malformed_prompt_files_are_one_line_errors(tmp_path, content, msg):
+    f = tmp_path / "p.jsonl.gz"
+    good = json.dumps({"idx": 0, "id": "a", "source": "s", "turns": ["hi"]})
+    if content is None:
+        _write_lines(f, [good, "{not json"])
+    elif content == "idx":
+        _write_lines(f, [good, json.dumps({"idx": 5, "id": "b", "turns": ["x"]})])
+    elif content == "turns":
+        _write_lines(f, [good, json.dumps({"idx": 1, "id": "b", "turns": []})])
+    else:
+        f.write_bytes(content)
+    with pytest.raises(P.PromptError, match=msg) as e:
+        M.read_mix(f)
+    assert "\n" not in str(e.value)
+
+
+def test_changed_prompt_file_fails_its_checksum_and_cli_reports_one_line(tmp_path, capsys, guard):
+    from dspark_viz.cli import main
+    ps, rep = M.build_mix({"fake": 10}, seed=0, sources=FAKE, guard=guard)
+    f = tmp_path / "p.jsonl.gz"
+    M.write_mix(f, ps, rep, seed=0)
+    f.write_bytes(f.read_bytes()[:-3])
+    with pytest.raises(P.PromptError, match="sha256 differs"):
+        M.read_mix(f)
+    assert main(["prepare", "regen", "--prompts", str(f), "--out", str(tmp_path / "o"),
+                 "--target", "tiny:gemma3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dspark-viz: error:") and "sha256" in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ issue 21: generation
+def test_nucleus_order_matches_warp():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 50, generator=g) * 3
+    z[0] = torch.arange(50) * 1e-3  # near-flat row (no ties): its nucleus does not fit in 8 candidates
+    for kw in ({"top_p": 0.9}, {"top_k": 5}, {"top_k": 5, "top_p": 0.7}, {"top_p": 0.5}, {}):
+        for cand in (8, 64):
+            ids, p = BG.nucleus_order(z, temperature=0.8, candidates=cand, **kw)
+            full = torch.zeros_like(z).scatter(-1, ids, p)
+            assert torch.allclose(full, warp(z, temperature=0.8, **kw), atol=1e-6), (kw, cand)
+            assert bool((p[:, :-1] >= p[:, 1:]).all())  # descending order
+
+
+def _eos_heavy_tiny():
+    """A fresh tiny Qwen3 whose EOS ids are tokens it emits often, so rows finish at different steps."""
+    from dspark_viz.targets import tiny_target
+    t = tiny_target(family="qwen3", vocab_size=320, seed=0)
+    t.eos_ids = (7, 290, 130)
+    return t
+
+
+def test_generate_batch_batched_equals_alone_greedy_and_sampled(tiny_gemma):
+    t = _eos_heavy_tiny()
+    prompts = [t.encode(f"{i}: the quick brown fox {'jumps ' * (i % 3)}over {i * 7} lazy dogs")
+               for i in range(10)]
+    seeds = [BG.prompt_seed(7, f"p{i}") for i in range(10)]
+    for T in (0.0, 1.0):
+        batched = BG.generate_batch(t, prompts, seeds, max_new_tokens=24, temperature=T, top_p=0.95)
+        alone = [BG.generate_batch(t, [p], [s], max_new_tokens=24, temperature=T, top_p=0.95)[0]
+                 for p, s in zip(prompts, seeds)]
+        assert batched == alone
+        # rows finish at different steps, so finished rows left the batch (compaction) mid-run
+        assert sum(f for _, f in batched) >= 3 and len({len(g) for g, _ in batched}) >= 3
+        assert all(g[-1] in t.eos_ids for g, f in batched if f)
+    # greedy equals the project's transformers backend (HF generate), also on the other family
+    ids = [tiny_gemma.encode(x) for x in ("a short one", "a considerably longer prompt here", "x")]
+    assert BG.generate_batch(tiny_gemma, ids, [0] * 3, max_new_tokens=10) == \
+        R.TransformersBackend(tiny_gemma, temperature=0.0).generate(ids, 10)
+    assert BG.generate_batch(t, prompts, [0] * 10, max_new_tokens=12) == \
+        R.TransformersBackend(t, temperature=0.0).generate(prompts, 12)
+
+
+def _regen_prompts(n=14):
+    return [S.Prompt(id=f"q{i}", turns=(f"{i}: the quick brown fox {'jumps ' * (i % 5)}over",),
+                     source="t") for i in range(n)]
+
+
+def _shard_contents(d):
+    return [(s["id"], s["input_ids"], s["loss_spans"], s["finished"]) for s in SH.iter_samples(d)]
+
+
+def test_regen_killed_and_resumed_equals_uninterrupted_at_t1(tmp_path, monkeypatch):
+    t = _eos_heavy_tiny()
+    ps = _regen_prompts()
+    cfg = SH.RegenConfig(target="tiny", temperature=1.0, top_p=0.9, writers=2, batch_size=2,
+                         shard_records=3, max_new_tokens=12, seed=5)
+    whole = tmp_path / "whole"
+    for w in range(2):
+        assert SH.run_writer(ps, whole, cfg, w, target=t, prompts_sha="x")["state"] == "done"
+    # interrupted: writer 0 stops after one shard, writer 1 is "killed" inside its second shard
+    part = tmp_path / "part"
+    assert SH.run_writer(ps, part, cfg, 0, target=t, prompts_sha="x", max_shards=1)["state"] == "stopped"
+    real, calls = BG.generate_batch, {"n": 0}
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the kill
+        return real(*a, **k)
+    monkeypatch.setattr(SH, "generate_batch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        SH.run_writer(ps, part, cfg, 1, target=t, prompts_sha="x")
+    monkeypatch.setattr(SH, "generate_batch", real)
+    (part / ".shard-w1of2-00001.safetensors.abcd1234.tmp").write_bytes(b"torn")
+    assert len(SH.shard_files(part)) == 2
+    resumed = SH.RegenConfig(**(cfg.content() | {"batch_size": 3}))  # another batch size is fine
+    for w in range(2):
+        assert SH.run_writer(ps, part, resumed, w, target=t, prompts_sha="x")["state"] == "done"
+    assert _shard_contents(part) == _shard_contents(whole)
+    assert not list(part.glob(".*.tmp")) and len(SH.shard_files(part)) == 6
+    got = _shard_contents(whole)
+    assert [s[0] for s in got] == [p.id for p in ps] and any(not s[3] for s in got) and any(s[3] for s in got)
+    # progress: per writer, summed by status
+    st = SH.status(part)
+    assert st["records_done"] == st["records_total"] == 14 and st["tokens_done"] == sum(
+        e - s for _, _, [[s, e]], _ in got)
+    assert "total:" in SH.format_status(st)
+    rec = json.loads((part / "progress-w0.json").read_text())
+    (part / "progress-w0.json").write_text(json.dumps(rec | {"state": "running", "pid": 2 ** 22 + 1}))
+    assert SH.status(part)["writers"][0]["state"] == "gone"  # killed without a word
+    # another sampling setting or prompt file is refused in one line
+    with pytest.raises(R.RegenError, match="temperature=1.0") as e:
+        SH.run_writer(ps, part, SH.RegenConfig(**(cfg.content() | {"temperature": 0.5})), 0,
+                      target=t, prompts_sha="x")
+    assert "\n" not in str(e.value)
+    with pytest.raises(R.RegenError, match="another prompt file"):
+        SH.run_writer(ps, part, cfg, 0, target=t, prompts_sha="y")
+
+
+def test_regen_shard_layout_and_corrupt_shard(tmp_path, tiny_gemma):
+    ps = _regen_prompts(5)
+    cfg = SH.RegenConfig(target="tiny", writers=1, shard_records=4, max_new_tokens=6,
+                         max_prompt_tokens=14)
+    (tmp_path / SH.STOP_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / SH.STOP_FILE).touch()  # a clean stop: no shard is started
+    assert SH.run_writer(ps, tmp_path, cfg, 0, target=tiny_gemma, prompts_sha="x")["state"] == "stopped"
+    assert not SH.shard_files(tmp_path)
+    (tmp_path / SH.STOP_FILE).unlink()
+    assert SH.run_writer(ps, tmp_path, cfg, 0, target=tiny_gemma, prompts_sha="x")["state"] == "done"
+    files = SH.shard_files(tmp_path)
+    assert [f.name for f in files] == ["shard-w0of1-00000.safetensors", "shard-w0of1-00001.safetensors"]
+    s = SH.read_shard(files[0])
+    assert s["tokens"].dtype.name == "int32" and len(s["offsets"]) == len(s["idx"]) + 1
+    assert s["skipped"] and all(len(tiny_gemma.encode(ps[i].raw_text())) > 14 for i in s["skipped"])
+    from dspark_viz.cli import main
+    assert main(["prepare", "regen-export", "--out", str(tmp_path), "--to", str(tmp_path / "s.jsonl")]) == 0
+    back = R.read_samples(tmp_path / "s.jsonl")  # the layout `prepare cache` reads
+    assert [(r["id"], r["input_ids"], r["loss_spans"]) for r in back] == \
+        [(r["id"], r["input_ids"], r["loss_spans"]) for r in SH.iter_samples(tmp_path)]
+    assert oct(files[0].stat().st_mode & 0o777) != "0o600"
+    files[1].write_bytes(files[1].read_bytes()[:40])
+    with pytest.raises(R.RegenError, match="unreadable") as e:
+        list(SH.iter_samples(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_prepare_mix_cli_writes_prompts_and_manifest(tmp_path, capsys):
+    from dspark_viz.cli import main
+    try:
+        K.pyfaq(1, 0), K.perlfaq(1, 0)
+    except K.CorpusError as e:
+        pytest.skip(str(e))
+    out = tmp_path / "p.jsonl.gz"
+    assert main(["prepare", "mix", "--out", str(out), "--mix", "pyfaq=6,perlfaq=4", "--seed", "2"]) == 0
+    assert "wrote 10 prompts" in capsys.readouterr().out
+    man = json.loads(M.manifest_path(out).read_text())
+    assert man["by_source"] == {"perlfaq": 4, "pyfaq": 6} and man["by_domain"] == {"qa": 10}
+    assert man["versions"]["debian"]["perl-doc"] and "perl-doc" in man["versions"]["debian"]
+    assert len(M.read_mix(out)) == 10
+    assert main(["prepare", "mix", "--out", str(tmp_path / "q.jsonl.gz"), "--mix", "nosuch=3"]) == 2
+    assert "unknown prompt source 'nosuch'" in capsys.readouterr().err
+
+
+def test_prepare_regenerate_resumed_equals_uninterrupted_at_t1(tmp_path, tiny_gemma):
+    """`prepare regenerate` samples each prompt from its own seed: a run cut short after some
+    prompts and resumed (with another batch size) writes what one uninterrupted run writes."""
+    ps = S.instructions(7)
+
+    def run(out, prompts, batch):
+        return R.regenerate(prompts, out, backend=R.TransformersBackend(tiny_gemma, temperature=1.0,
+                                                                       seed=3),
+                            tokenizer=tiny_gemma.tokenizer, template=R.TEMPLATES["raw"],
+                            target_name=tiny_gemma.name, max_new_tokens=10, batch_size=batch,
+                            progress=False)
+    run(tmp_path / "full.jsonl", ps, 4)
+    run(tmp_path / "cut.jsonl", ps[:3], 2)  # "killed" after three prompts
+    run(tmp_path / "cut.jsonl", ps, 3)  # resumed
+    full = {r["id"]: r["input_ids"] for r in R.read_samples(tmp_path / "full.jsonl")}
+    cut = {r["id"]: r["input_ids"] for r in R.read_samples(tmp_path / "cut.jsonl")}
+    assert full == cut and len(full) == 7
+    other = tmp_path / "seed4.jsonl"
+    R.regenerate(ps, other, backend=R.TransformersBackend(tiny_gemma, temperature=1.0, seed=4),
+                 tokenizer=tiny_gemma.tokenizer, template=R.TEMPLATES["raw"],
+                 target_name=tiny_gemma.name, max_new_tokens=10, progress=False)
+    assert {r["id"]: r["input_ids"] for r in R.read_samples(other)} != full  # the seed matters
+
+
+def test_deeply_nested_output_line_blocks_resume_in_one_line(tmp_path):
+    out = tmp_path / "r.jsonl"
+    out.write_text('{"id": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n" + '{"id": 1' + "0" * 5000 + "}\n")
+    with pytest.raises(R.RegenError, match=r"r\.jsonl:2"):
+        R.completed_ids(out)

@@ -182,3 +182,64 @@ def test_shipped_checkpoints_load_unchanged(kind):
     stored = load_file(str(path / "model.safetensors"))
     assert sorted(stored) == sorted(d.state_dict())
     assert all(torch.equal(stored[k].to(v.dtype), v) for k, v in d.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- Gemma 4
+@pytest.fixture(scope="module")
+def tiny_gemma4():
+    from dspark_viz.targets import tiny_target
+    return tiny_target(family="gemma4", vocab_size=320, seed=1)
+
+
+def test_gemma4_drafter_follows_the_targets_full_attention(tiny_gemma4):
+    """A Gemma 4 drafter copies the target's full-attention geometry (as DeepSpec's
+    ``build_draft_config``): head dim 32, one K = V head (no v_proj), proportional RoPE ¼ at
+    θ = 1e6, plain-weight norms, a weightless value norm and a layer scalar."""
+    from dspark_viz.drafter.backbone import ScaleRMSNorm
+    from dspark_viz.drafter.model import config_for_target
+    c = config_for_target(tiny_gemma4, preset="deepspec")
+    assert (c.family, c.head_dim, c.num_kv_heads, c.k_eq_v) == ("gemma4", 32, 1, True)
+    assert (c.rope_theta, c.rope_proportion, c.num_layers) == (1e6, 0.25, 5)
+    D = DSparkDrafter(c)
+    layer = D.layers[0]
+    assert layer.self_attn.v_proj is None and layer.self_attn.scale == 1.0
+    assert isinstance(D.norm, ScaleRMSNorm) and torch.equal(D.norm.weight.detach(), torch.ones(64))
+    assert not hasattr(layer.self_attn.v_norm, "weight") and "layers.0.layer_scalar" in D.state_dict()
+    from dspark_viz.config import ConfigError, DrafterConfig
+    with pytest.raises(ConfigError, match="Gemma 4 drafters only"):
+        DrafterConfig(**(c.to_dict() | dict(family="qwen3")))
+
+
+def test_gemma4_proportional_rope_rotates_the_first_pairs_only():
+    from dspark_viz.drafter.backbone import inv_freq, rope
+    f = inv_freq(32, 1e6, torch.device("cpu"), 0.25)
+    assert f.shape == (16,) and torch.equal(f[4:], torch.zeros(12)) and bool((f[:4] > 0).all())
+    assert torch.equal(f[:4], 1.0 / (1e6 ** (torch.arange(0, 8, 2).float() / 32)))
+    x = torch.randn(1, 1, 3, 32)
+    y = rope(x, torch.tensor([[5, 6, 7]]), 1e6, 0.25)
+    keep = torch.cat([torch.arange(4, 16), torch.arange(20, 32)])
+    assert torch.equal(y[..., keep], x[..., keep]) and not torch.allclose(y, x)
+
+
+def test_gemma4_save_load_and_masked_forward(tmp_path, tiny_gemma4):
+    """Our own checkpoint of a Gemma 4 drafter loads back equal; the training path (explicit
+    mask) equals the inference path (cached context, no mask)."""
+    T = tiny_gemma4
+    D = make_drafter(T, markov_type="gated")
+    D.save_pretrained(tmp_path / "g4")
+    E = DSparkDrafter.from_pretrained(tmp_path / "g4", target=T)
+    assert E.cfg == D.cfg and all(torch.equal(v, E.state_dict()[k]) for k, v in D.state_dict().items())
+    ids = torch.tensor([T.encode("context words")])
+    taps = T.forward(ids, T.new_cache(), D.cfg.target_layer_ids).taps
+    C, Q = taps.shape[1], 4
+    cache = ContextCache()
+    D.extend_context(cache, taps)
+    x = torch.randn(1, Q, T.hidden_size)
+    pos = torch.arange(C, C + Q)[None]
+    with torch.no_grad():
+        inc = D.backbone(x, pos, cache.kv)
+        feats = D.context_features(taps)
+        kv = D.layer_kv(feats, torch.arange(C)[None])
+        mask = torch.ones(1, 1, Q, C + Q, dtype=torch.bool)
+        full = D.backbone(x, pos, kv, mask)
+    assert torch.allclose(inc, full, atol=1e-5)

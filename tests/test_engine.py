@@ -196,3 +196,14 @@ def test_deterministic_for_seed(tiny_gemma):
     b = run(T, D, cfg)[1]
     assert a.text == b.text and [r.n_accepted for r in a.rounds] == [r.n_accepted for r in b.rounds]
     assert np.isfinite([d.conf_raw for r in a.rounds for d in r.draft]).all()
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_fewer_candidates_than_recorded_topk(tiny_qwen, k):
+    """K below record_topk (5) records what there is instead of failing, and stays lossless."""
+    cfg = DecodeConfig(gamma=4, max_new_tokens=16, draft_candidates=k)
+    assert cfg.record_topk > k
+    ref = plain_decode(tiny_qwen, PROMPT, cfg)
+    s, tr = run(tiny_qwen, make_drafter(tiny_qwen), cfg)
+    assert s.generated == ref
+    assert all(len(d.corrected_topk) == k for r in tr.rounds for d in r.draft)

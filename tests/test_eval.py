@@ -3,6 +3,7 @@ random targets (the embedded-target run is marked slow)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -40,11 +41,19 @@ def test_read_turns_jsonl(tmp_path):
     assert P.dataset_name(f) == "mt"
     cases = {'{"turns": []}': ":1: 'turns' must be", '{"turns": [1]}': ":1: 'turns' must be",
              "[1]": ":1: expected a JSON object", '{"turns": ["  "]}': ":1: the first turn is empty",
-             '{"turns": ["a"]}\n{oops': ":2: not valid JSON", "\n\n": "holds no prompts"}
+             '{"turns": ["a"]}\n{oops': ":2: malformed JSON", "\n\n": "holds no prompts",
+             "": "holds no prompts", '{"turns": ["a"], "x": NaN}': ":1: malformed JSON (NaN",
+             '{"turns": ["a"], "n": ' + "9" * 5000 + "}": ":1: malformed JSON (Exceeds the limit",
+             "[" * 100_000 + "]" * 100_000: ":1: malformed JSON (nested too deeply)",
+             '{"turns": ["a"], "x": 1e999}': ":1: malformed JSON (number 1e999 overflows"}
     for text, msg in cases.items():
         f.write_text(text)
-        with pytest.raises(ConfigError, match=msg.replace("[", r"\[")):
+        with pytest.raises(ConfigError, match=re.escape(msg)) as e:
             P.read_turns_jsonl(f)
+        assert "\n" not in str(e.value) and isinstance(e.value, P.EvalDataError)
+    f.write_bytes(b'{"turns": ["a"]}\n{"turns": ["\xff"]}\n')
+    with pytest.raises(P.EvalDataError, match=r"mt\.jsonl:2: not UTF-8"):
+        P.read_turns_jsonl(f)
     with pytest.raises(ConfigError, match="does not exist"):
         P.read_turns_jsonl(tmp_path / "nope.jsonl")
 

@@ -135,11 +135,11 @@ def test_notebook_1_runs_in_jupyterlab(lab, shots):
         stepper.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
         status = stepper.locator(".dsv-status").first
         before = status.inner_text()
-        assert "showing 1 of" in before
+        assert "round 1 of" in before
         stepper.locator("button", has_text="Step").click()
         page.wait_for_function("""() => { const s = document.querySelector('.dsv-stepper');
                                            const t = s && s.querySelector('.dsv-status');
-                                           return t && t.innerText.includes('showing 2 of'); }""",
+                                           return t && t.innerText.includes('round 2 of'); }""",
                                timeout=30_000)
         assert stepper.locator(".dsv-tok").count() > 3  # the token text
         page.set_viewport_size({"width": 1400, "height": 2600})  # the whole widget in view

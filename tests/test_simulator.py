@@ -149,3 +149,17 @@ def test_load_figures_pure(traces):
     fig = admission_path_figure(d[0].path, theta0=1.0)
     assert sum(len(t.x) for t in fig.data[1:]) == len(d[0].path)
     assert admission_path_figure([]).layout.title.text.endswith("(no candidates)")
+
+
+def test_load_and_steps_caps_and_large_seeds():
+    from dspark_viz.load.simulator import MAX_LOAD, MAX_STEPS
+    pool = pool_of([([0.9] * 4, 3, 4)])
+    for R, steps in ((MAX_LOAD + 1, 1), (1, MAX_STEPS + 1), (10**8, 200)):
+        with pytest.raises(SimError, match=f"R ≤ {MAX_LOAD}") as e:
+            simulate(pool, Fixed(1), FLAT, R, steps)
+        assert "\n" not in str(e.value)
+    with pytest.raises(SimError, match="n_others"):
+        SimulatedBackground(pool, MAX_LOAD)
+    big = 2**63 - 1  # the largest --seed: derived generator seeds stay valid
+    assert len(sweep(pool, [Fixed(2)], FLAT, [1, MAX_LOAD], 2, seed=big)) == 2
+    assert SimulatedBackground(pool, 2, seed=big).views()

@@ -1,4 +1,5 @@
-"""The CPU bf16 LM head: exact top logits, same greedy decoding, opt-in/opt-out rules."""
+"""The CPU bf16 LM head (exact top logits, same greedy decoding, opt-in/opt-out rules) and the
+tiny Gemma 4 target (transformers' Gemma4ForCausalLM: family, geometry, taps, sliding-window rollback)."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 
 from dspark_viz.config import DecodeConfig
 from dspark_viz.decoding.engine import SpecSession, plain_decode
-from dspark_viz.targets import Bf16Head, fast_head_wanted, tiny_target, use_fast_head
+from dspark_viz.targets import (Bf16Head, _family_of, config_value, fast_head_wanted, gemma4_full_attention,
+                               load_target, tiny_target, use_fast_head)
 
 from conftest import make_drafter
 
@@ -89,3 +91,52 @@ def test_fast_draft_head_keeps_candidates_exact_and_greedy_equal():
     s = SpecSession(T, D, cfg)
     s.run("The quick brown fox")
     assert s.generated == plain_decode(T, "The quick brown fox", cfg)
+
+
+# ----------------------------------------------------------------------------- Gemma 4
+@pytest.fixture(scope="module")
+def tiny_gemma4():
+    return load_target("tiny:gemma4")
+
+
+def test_tiny_gemma4_target_is_a_gemma4_family_target(tiny_gemma4):
+    """``tiny:gemma4`` is transformers' own Gemma4ForCausalLM, with the full-attention geometry
+    DeepSpec's Gemma 4 drafter copies (read through 5.2x's per-layer config)."""
+    from transformers import Gemma4ForCausalLM
+    T = tiny_gemma4
+    assert isinstance(T.model, Gemma4ForCausalLM) and T.family == "gemma4" and T.softcap == 30.0
+    fa = gemma4_full_attention(T.config)
+    assert (fa.head_dim, fa.num_kv_heads, fa.k_eq_v, fa.rope_theta, fa.rope_proportion) == (32, 1, True, 1e6, 0.25)
+    assert config_value(T.config, "num_key_value_heads") == 2 and config_value(T.config, "head_dim") == 16
+    assert [_family_of(m) for m in ("gemma4", "gemma4_text", "gemma4_unified_text", "gemma3_text", "qwen3")] == \
+        ["gemma4", "gemma4", "gemma4", "gemma3", "qwen3"]
+
+
+def test_gemma4_taps_and_cache_crop_past_the_sliding_window(tiny_gemma4):
+    """Taps come from the logits' pass; a cache grown past the sliding window (16) and rolled
+    back gives the logits of a fresh pass."""
+    T = tiny_gemma4
+    ids = T.encode("a sentence longer than the window")  # 35 tokens
+    out = T.forward(torch.tensor([ids]), T.new_cache(), (-1, 0))
+    with torch.inference_mode():
+        ref = T.model(torch.tensor([ids]), output_hidden_states=True)
+    assert torch.allclose(out.taps[..., : T.hidden_size], T.embed(torch.tensor([ids])), atol=1e-6)
+    assert torch.allclose(out.taps[..., T.hidden_size:], ref.hidden_states[1], atol=1e-5)
+    assert torch.allclose(out.logits, ref.logits.float(), atol=1e-5)
+    c = T.new_cache()
+    T.forward(torch.tensor([ids[:20]]), c)
+    T.forward(torch.tensor([ids[20:] + [9, 9, 9, 9]]), c)
+    T.crop(c, len(ids))
+    nxt = T.forward(torch.tensor([[7]]), c).logits[0, -1]
+    fresh = T.forward(torch.tensor([ids + [7]]), T.new_cache()).logits[0, -1]
+    assert torch.allclose(nxt, fresh, atol=1e-4)
+
+
+def test_gemma4_speculative_greedy_equals_plain(tiny_gemma4):
+    T = tiny_gemma4
+    cfg = DecodeConfig(gamma=5, max_new_tokens=40, stop_at_eos=False)
+    ref = plain_decode(T, "The quick brown fox jumps over", cfg)
+    for kind in ("vanilla", "rnn"):
+        s = SpecSession(T, make_drafter(T, markov_type=kind), cfg)
+        s.run("The quick brown fox jumps over")
+        assert s.generated == ref, kind

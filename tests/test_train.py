@@ -406,3 +406,120 @@ def test_round_anchors_are_the_rounds_of_greedy_decoding(e2e, capsys):
     rc = main(base + ["--out", str(e2e / "walk-bad"), "--steps", "2", "--conf-anchors", "rounds"])
     err = capsys.readouterr().err
     assert rc == 2 and "conf_anchors" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ------------------------------------------------------------------------------ resume hardening
+def _run_args(e2e, out, steps=20):
+    return ["train", "--cache", str(e2e / "cache"), "--target", "tiny:qwen3", "--out", str(out),
+            "--steps", str(steps), "--log-every", "5", "--ckpt-every", "10", "--keep-ckpts", "5",
+            "--no-progress", "--threads", "1", "--no-verify"]
+
+
+@pytest.fixture(scope="module")
+def base_run(e2e):
+    """20 uninterrupted steps, checkpoints at 10 and 20."""
+    out = e2e / "base20"
+    assert main(_run_args(e2e, out)) == 0
+    return out
+
+
+def _as_killed_at_20(base_run: Path, out: Path) -> Path:
+    """A copy of the run as if killed after checkpoint 20, before the drafter was saved."""
+    import shutil
+    shutil.copytree(base_run, out)
+    shutil.rmtree(out / "drafter")
+    return out / "checkpoints" / "step-00000020"
+
+
+def _truncate(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
+
+
+@pytest.mark.parametrize("corrupt", ["optimizer.safetensors", "model.safetensors", "trainer_state.json"])
+def test_resume_falls_back_from_a_corrupt_newest_checkpoint(e2e, base_run, capsys, corrupt):
+    out = e2e / f"fallback-{corrupt.split('.')[0]}"
+    step20 = _as_killed_at_20(base_run, out)
+    _truncate(step20 / corrupt)
+    # what a killed run leaves: temporaries of our own name pattern (and files of the user's)
+    stale = [out / "checkpoints" / ".step-00000030.ab12cd34.tmp", out / ".drafter.zz99yy00.tmp",
+             out / ".metrics.jsonl.q1w2e3r4.tmp", step20 / ".model.safetensors.a1b2c3d4.tmp"]
+    stale[0].mkdir()
+    (stale[0] / "model.safetensors").write_bytes(b"half")
+    stale[1].mkdir()
+    for f in stale[2:]:
+        f.write_text("half")
+    mine = [out / "notes.tmp", out / "checkpoints" / "README"]
+    for f in mine:
+        f.write_text("the user's")
+    capsys.readouterr()
+    assert main(_run_args(e2e, out)) == 0
+    cap = capsys.readouterr()
+    warnings = [x for x in cap.err.splitlines() if x.startswith("warning:")]
+    assert len(warnings) == 2 and "step-00000020" in warnings[0] and corrupt in warnings[0], cap.err
+    assert "resuming from step-00000010" in warnings[1]
+    assert "steps 10→20" in cap.out
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in mine)
+    # the fallen-back run equals the uninterrupted one
+    a = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (base_run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [5, 10, 15, 20]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-5)
+    da, db = (DSparkDrafter.from_pretrained(r / "drafter") for r in (out, base_run))
+    for (k, v), (_, w) in zip(da.state_dict().items(), db.state_dict().items()):
+        torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-5, msg=k)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["README", "step-00000010", "step-00000020"]
+
+
+def test_resume_with_every_checkpoint_corrupt_is_one_line(e2e, base_run, capsys):
+    out = e2e / "fallback-all"
+    step20 = _as_killed_at_20(base_run, out)
+    _truncate(step20 / "optimizer.safetensors")
+    _truncate(out / "checkpoints" / "step-00000010" / "model.safetensors")
+    cfg_before = (out / "train_config.json").read_bytes()
+    capsys.readouterr()
+    assert main(_run_args(e2e, out)) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("warning:")]
+    assert len(err) == 1 and "no checkpoint under" in err[0] and "step-00000010" in err[0], err
+    assert (out / "train_config.json").read_bytes() == cfg_before and not (out / "drafter").exists()
+    assert step20.exists()  # nothing of the user's run is deleted
+
+
+def test_checkpoint_written_whole_and_abandoned_future_pruned(e2e, base_run, tmp_path):
+    """A step directory appears complete or not at all; after a fall-back, checkpoints past the
+    resumed step are dropped at the next save, and old layouts without a state file are cleaned."""
+    from dspark_viz.train import checkpoint as CK
+    out = tmp_path / "run"
+    _as_killed_at_20(base_run, out)
+    ck = out / "checkpoints"
+    (ck / "step-00000015").mkdir()  # killed mid-save (older layout: no state file)
+    (ck / "step-00000015" / "model.safetensors").write_bytes(b"x")
+    gone = CK.clean_run_dir(out)
+    assert gone == [ck / "step-00000015"]
+    drafter = DSparkDrafter.from_pretrained(ck / "step-00000010")
+    opt = torch.optim.AdamW(drafter.parameters())
+    cfg = T.TrainConfig.from_dict(CK.read_state(ck / "step-00000010")["train_config"])
+    assert CK.load_checkpoint(ck / "step-00000010", drafter, opt) == 10
+    CK.save_checkpoint(out, 12, drafter, opt, cfg, {"loss": float("nan")}, keep=5)
+    assert sorted(p.name for p in ck.iterdir()) == ["step-00000010", "step-00000012"]
+    from dspark_viz.io import stale_temps
+    assert stale_temps(ck) == [] and stale_temps(ck / "step-00000012") == []
+    assert CK.read_state(ck / "step-00000012")["metrics"] == {"loss": None}
+
+
+def test_metrics_log_resume_drops_unreadable_lines(tmp_path):
+    from dspark_viz.train.metrics_log import MetricsLog
+    f = tmp_path / "metrics.jsonl"
+    f.write_bytes(b'{"step": 5, "loss": 1.0}\n\xff\xfe\n[1, 2]\n' + b"[" * 100_000 + b"\n"
+                  + b'{"step": ' + b"9" * 5000 + b"}\n" + b'{"step": 10, "loss": NaN}\n'
+                  + b'{"step": 15, "loss": 0.5}\n{"step": 20, "lo')
+    MetricsLog(tmp_path, 10, enabled=True).close()
+    assert f.read_text().splitlines() == ['{"step": 5, "loss": 1.0}', '{"step": 10, "loss": NaN}']
+
+
+def test_online_source_refuses_ids_outside_the_vocabulary(tiny_qwen):
+    ok = {"id": "a", "input_ids": [2, 5, 6], "loss_spans": [[1, 3]]}
+    assert len(T.OnlineSource([ok], tiny_qwen, (0,), 64)) == 1
+    for bad in ([2, 320], [2, 10**30], [2, -1]):
+        with pytest.raises(T.TrainError, match="outside the target vocabulary of 320"):
+            T.OnlineSource([ok, {**ok, "id": "b", "input_ids": bad}], tiny_qwen, (0,), 64)

@@ -235,3 +235,77 @@ def test_app_command_registered():
     from dspark_viz.cli import build_parser
     a = build_parser().parse_args(["app", "--port", "7999", "--no-preload"])
     assert a.port == 7999 and callable(a.func)
+
+
+# ----------------------------------------------------------------------------- notebook fixes (issue 20)
+def test_sampled_token_boxed_even_outside_the_top_candidates(traces):
+    tr = copy.deepcopy(traces["sampled"])
+    r = tr.rounds[0]
+    d = r.draft[1]
+    ranks = [c.token for c in d.corrected_topk[:4]]
+    d.token = next(t for t in range(10_000) if t not in ranks)  # drawn from below the 4 shown
+    tr.vocab.setdefault(str(d.token), "zz")
+    for other in r.draft:  # every other x_k among the shown ones
+        if other is not d and other.token not in [c.token for c in other.corrected_topk[:4]]:
+            other.token = other.corrected_topk[0].token
+    fig = _data(F.draft_block_figure(tr, 0))
+    boxes = [t for t in fig["data"] if t["type"] == "scatter"][0]
+    assert boxes["x"] == [p.k for p in r.draft]  # one box per position, always
+    assert boxes["y"][1] == 4  # the extra row below the top 4
+    assert [y for k, y in zip(boxes["x"], boxes["y"]) if k != 2] == \
+        [[c.token for c in p.corrected_topk[:4]].index(p.token) for p in r.draft if p is not d]
+    corr = [t for t in fig["data"] if t["type"] == "heatmap"][-1]
+    assert len(corr["z"]) == 5 and corr["z"][4][1] == pytest.approx(d.p_d)
+    assert sum(v is not None for v in corr["z"][4]) == 1
+    yax = [v for k, v in fig["layout"].items() if k.startswith("yaxis")][-1]
+    assert yax["ticktext"][-1].startswith("x_k")
+    plain = _data(F.draft_block_figure(traces["sampled"], 0))  # untouched: no extra row needed
+    rows = len([t for t in plain["data"] if t["type"] == "heatmap"][-1]["z"])
+    outside = any(p.token not in [c.token for c in p.corrected_topk[:4]] for p in traces["sampled"].rounds[0].draft)
+    assert rows == 4 + outside
+
+
+def test_rounds_numbered_from_one_everywhere(traces):
+    tr = traces["threshold"]
+    assert "round 1 " in _data(F.draft_block_figure(tr, 0))["layout"]["title"]["text"]
+    assert "round 1:" in _data(F.confidence_figure(tr, 0))["layout"]["title"]["text"]
+    assert "round <b>1</b>" in F.round_summary_html(tr, 0)
+    assert "round 3:" in _data(F.verify_figure(traces["sampled"], 2))["layout"]["title"]["text"]
+    assert "round 1 ·" in T.token_fates(tr, 1)[1][3]
+    tau = _data(F.tau_figure(tr, 3))
+    assert tau["data"][0]["x"] == [1, 2, 3]
+    assert tau["layout"]["xaxis"]["tick0"] == 1 and tau["layout"]["xaxis"]["dtick"] >= 1
+
+
+def test_ell_zero_target_token_is_not_a_bonus(traces):
+    tr = copy.deepcopy(traces["threshold"])
+    r = tr.rounds[0]
+    r.verify, r.n_accepted, r.appended_kind = [], 0, "bonus"
+    r.committed = r.committed[:1]
+    assert T.appended_fate(r) == "target"
+    fate = [f for rnd, _, f, _ in T.token_fates(tr, 1) if rnd == 0 and f not in ("dropped",)]
+    assert fate == ["target"]
+    assert "bonus" not in F.round_summary_html(tr, 0) and "ℓ = 0" in F.round_summary_html(tr, 0)
+    assert "bonus" not in json.dumps(_data(F.verify_figure(tr, 0)))
+
+
+def test_admission_legend_marks_one_stop(traces):
+    from dspark_viz.decoding.trace import AdmissionStep
+    retro = copy.deepcopy(traces["hardware"])  # a search without early stop records the whole path
+    r0 = retro.rounds[0]
+    r0.schedule.path = [AdmissionStep(0, j, 0.9 ** j, 1 + j, 1 + 0.9 * j, 10.0 - j, j <= 2)
+                        for j in range(1, 6)]
+    r0.schedule.stop = "global arg-max Θ 8 after 2 of 5 candidates (no early stop; lossy)"
+    for tr, first in ((traces["hardware"], None), (retro, "first candidate not admitted")):
+        for i, r in enumerate(tr.rounds[:1] if first else tr.rounds):
+            fig = _data(F.admission_figure(tr, i))
+            named = {t.get("name"): t for t in fig["data"] if t.get("name")}
+            refused = [p for p in r.schedule.path if not p.admitted]
+            stops = [n for n in named if n.startswith("first ")]
+            assert len(stops) == (1 if refused else 0)
+            if refused:
+                assert named[stops[0]]["x"] == [refused[0].B]
+                assert stops[0] == first or (r.schedule.stop.startswith("no improvement") and
+                                             stops[0] == "first non-improvement (Algorithm 1 stops)")
+            assert len(named.get("not admitted", {"x": []})["x"]) == max(0, len(refused) - 1)
+    assert len(_data(F.admission_figure(retro, 0))["data"]) == 4  # line, admitted, stop, the rest

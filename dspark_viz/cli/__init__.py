@@ -1,7 +1,9 @@
 """The ``dspark-viz`` command line: one module per subcommand group, each with ``register(sub)``.
 
 Scope: building the parser from ``COMMAND_MODULES`` and running the chosen handler, turning a
-``UserError`` into ``dspark-viz: error: <one line>`` with exit status 2; ``run_cli`` runs a command in
+``UserError`` into ``dspark-viz: error: <one line>`` with exit status 2 — after ``common.check_args``
+has checked the options every command declares (ranges, device, output paths), before any work;
+``run_cli`` runs a command in
 this process and returns its output (the notebooks' toolchain cells). The CLI package sits on the
 top floor: it may import every library layer; no library module imports it.
 """
@@ -14,6 +16,7 @@ import io
 import sys
 from typing import Sequence
 
+from dspark_viz.cli.common import check_args
 from dspark_viz.errors import UserError, one_line
 
 COMMAND_MODULES = (
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     a = ap.parse_args(argv)
     try:
+        check_args(a)
         return int(a.func(a) or 0)
     except UserError as e:
         print(f"dspark-viz: error: {one_line(e)}", file=sys.stderr)

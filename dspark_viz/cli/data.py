@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dspark_viz.cli.common import CLIError, parse_layer_ids
+from dspark_viz.cli import regen as regen_cli
+from dspark_viz.cli.common import (FRACTION, POSITIVE, SEED, TEMPERATURE, TOKENS, TOP_K, TOP_P,
+                                   CLIError, bounds, check_sample_ids, count, outputs,
+                                   parse_layer_ids)
 from dspark_viz.config import EMBEDDED_ALIASES, EMBEDDED_NAME, TARGET_PRESETS, ConfigError
 from dspark_viz.data import regenerate as R
 from dspark_viz.data.cache import DTYPES, estimate, human_bytes, write_cache
@@ -21,6 +24,8 @@ from dspark_viz.drafter.model import default_layer_ids
 from dspark_viz.errors import one_line
 from dspark_viz.targets import HFTokenizer, TargetError, cache_dir, load_target
 from dspark_viz.train.config import resolve_target_preset
+
+MAX_LEN = 1 << 20  # --max-len of a cached sample (tokens)
 
 
 def _cmd_prompts(a) -> int:
@@ -33,6 +38,8 @@ def _cmd_regenerate(a) -> int:
     prompts = R.read_prompts(a.prompts)
     if a.limit is not None:
         prompts = prompts[: a.limit]
+    if not prompts:
+        raise CLIError(f"--prompts {a.prompts}: no prompt to answer" + (" (--limit 0)" if a.limit == 0 else ""))
     if a.server:
         tok, name, family, eos_ids = _tokenizer_only(a.target)
         tmpl = R.template_for(a.template, name, family)
@@ -58,6 +65,10 @@ def _cmd_regenerate(a) -> int:
 
 def _cmd_corpus(a) -> int:
     prompts = read_jsonl(a.prompts)
+    if not prompts:
+        raise CLIError(f"--prompts {a.prompts} holds no prompt")
+    if a.min_tokens > a.max_tokens:
+        raise CLIError(f"--min-tokens {a.min_tokens} is larger than --max-tokens {a.max_tokens}")
     tok = _tokenizer_only(a.target)[0]
     try:
         ss = corpus_samples(prompts, tok.encode, max_tokens=a.max_tokens, min_tokens=a.min_tokens)
@@ -88,7 +99,10 @@ def _tokenizer_only(spec: str):
 
 def _cmd_cache(a) -> int:
     samples = R.read_samples(a.samples)
+    if not samples:
+        raise CLIError(f"--samples {a.samples} holds no sample")
     target = load_target(a.target, device=a.device)
+    check_sample_ids(samples, target.vocab_size, f"--samples {a.samples}")  # before cache-spec.json
     layers = parse_layer_ids(a.layer_ids) or _preset_layers(a.target_preset, target) or \
         default_layer_ids(target.num_layers, min(5, target.num_layers))
     st = write_cache(samples, a.out, target, layer_ids=layers, dtype=a.dtype, max_len=a.max_len,
@@ -113,6 +127,8 @@ def _preset_layers(preset: str, target):
 def _cmd_estimate(a) -> int:
     if a.samples:
         s = R.read_samples(a.samples)
+        if not s:
+            raise CLIError(f"--samples {a.samples} holds no sample")
         n = len(s) if a.num_samples is None else a.num_samples
         tps = sum(min(len(x["input_ids"]), a.seq_len or 10 ** 9) for x in s) / max(1, len(s))
     else:
@@ -146,6 +162,8 @@ def _add_prompts(ps) -> None:
     p.add_argument("--val-fraction", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="directory for train.jsonl and val.jsonl")
+    bounds(p, n=count(1, 10**7), val_fraction=FRACTION, seed=SEED)
+    outputs(p, dirs=("out",))
     p.set_defaults(func=_cmd_prompts)
 
 
@@ -174,6 +192,10 @@ def _add_regenerate(ps) -> None:
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
+    bounds(p, max_new_tokens=TOKENS, max_prompt_tokens=TOKENS, batch_size=count(1, 4096),
+           temperature=TEMPERATURE, top_p=TOP_P, top_k=TOP_K, seed=SEED, limit=count(0),
+           concurrency=count(1, 1024), retries=count(0, 100), timeout=POSITIVE)
+    outputs(p, files=("out",))
     p.set_defaults(func=_cmd_regenerate)
 
 
@@ -187,6 +209,8 @@ def _add_corpus(ps) -> None:
     p.add_argument("--target", default="embedded", help="whose tokenizer (HF id, path, embedded, tiny:qwen3)")
     p.add_argument("--max-tokens", type=int, default=512, help="window length; longer texts are split")
     p.add_argument("--min-tokens", type=int, default=8, help="drop shorter windows")
+    bounds(p, max_tokens=TOKENS, min_tokens=TOKENS)
+    outputs(p, files=("out",))
     p.set_defaults(func=_cmd_corpus)
 
 
@@ -206,6 +230,8 @@ def _add_cache(ps) -> None:
                    help="start no new sample after this wall time; finalise what is written")
     p.add_argument("--device", default=None)
     p.add_argument("--no-progress", action="store_true")
+    bounds(p, max_len=count(2, MAX_LEN), shard_tokens=count(1), max_seconds=POSITIVE)
+    outputs(p, dirs=("out",))
     p.set_defaults(func=_cmd_cache)
 
 
@@ -220,6 +246,8 @@ def _add_estimate(ps) -> None:
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES))
     p.add_argument("--shard-bytes", type=int, default=1 << 30)
     p.add_argument("--json", action="store_true")
+    bounds(p, num_samples=count(0), seq_len=TOKENS, hidden_size=count(1, 1 << 20),
+           num_layers=count(1, 1024), shard_bytes=count(1))
     p.set_defaults(func=_cmd_estimate)
 
 
@@ -232,3 +260,4 @@ def register(sub) -> None:
     _add_corpus(ps)
     _add_cache(ps)
     _add_estimate(ps)
+    regen_cli.add_parsers(ps)  # mix, regen, regen-status (issue 21)

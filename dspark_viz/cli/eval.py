@@ -16,8 +16,8 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from dspark_viz.cli.common import CLIError, add_decode_args
-from dspark_viz.config import GAMMA_MAX
+from dspark_viz.cli.common import (GAMMA, SEED, TEMPERATURE, TOKENS, TOP_K, TOP_P, Bound, CLIError,
+                                   add_decode_args, bounds, count, outputs)
 from dspark_viz.decoding.trace import Trace
 from dspark_viz.drafter.model import DSparkDrafter
 from dspark_viz.drafter.registry import resolve_drafter, shipped_drafter_path
@@ -31,6 +31,8 @@ from dspark_viz.targets import load_target
 from dspark_viz.viz import eval_figures as ef
 
 MODES = ("dspark", "dflash")
+THRESHOLD = Bound(0.0, 1.0)  # a confidence threshold
+PROMPT_ARGS = dict(samples=count(1), batch_size=count(1, 4096))
 
 
 # ----------------------------------------------------------------------------- figures
@@ -142,16 +144,17 @@ def _eval_settings(a: argparse.Namespace) -> EvalSettings:
     if a.markov_off or a.force_ell is not None:
         raise CLIError("eval compares whole drafters: use --drafters PATH:dflash for the "
                        "Markov-off ablation (--markov-off/--force-ell are for `trace`)")
-    if not 1 <= a.gamma <= GAMMA_MAX:
-        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
+    GAMMA.check("--gamma", a.gamma)
     temps = ((a.temperature,) if a.temperature is not None
              else _floats(a.temperatures, "--temperatures"))
-    if any(t < 0 for t in temps):
-        raise CLIError(f"temperatures must be ≥ 0, got {temps}")
+    for t in temps:
+        TEMPERATURE.check("--temperature" if a.temperature is not None else "--temperatures", t)
     thresholds = None
     if a.sweep_threshold is not None:
         thresholds = (DEFAULT_THRESHOLDS if a.sweep_threshold == "default"
                       else _floats(a.sweep_threshold, "--sweep-threshold"))
+        for x in thresholds:
+            THRESHOLD.check("--sweep-threshold", x)
     return EvalSettings(gamma=a.gamma, temperatures=temps, max_new_tokens=a.max_new_tokens,
                         samples=a.samples, seed=a.seed, batch_size=a.batch_size,
                         top_k=a.top_k, top_p=a.top_p, policy=a.policy,
@@ -307,12 +310,6 @@ def _compact_positions(rep: dict, temps: Sequence[float]) -> list[dict]:
 
 
 def _cmd_calibrate(a: argparse.Namespace) -> int:
-    if not 1 <= a.gamma <= GAMMA_MAX:
-        raise CLIError(f"--gamma must be in [1, {GAMMA_MAX}], got {a.gamma}")
-    if a.temperature < 0:
-        raise CLIError(f"--temperature must be ≥ 0, got {a.temperature}")
-    if a.bins < 2:
-        raise CLIError(f"--bins must be ≥ 2, got {a.bins}")
     if a.traces and a.save_traces is not None:
         raise CLIError("--save-traces writes decoded rounds: it does not go with --traces")
     target = load_target(a.target, device=a.device)
@@ -321,8 +318,8 @@ def _cmd_calibrate(a: argparse.Namespace) -> int:
     fit_idx, ho_idx = C.split_rounds(len(traces), a.holdout, a.seed)
     fit_tr = [traces[i] for i in fit_idx]
     ho_tr = [traces[i] for i in ho_idx] or fit_tr
-    fit_data = C.collect_pairs(fit_tr)
-    ho_data = C.collect_pairs(ho_tr)
+    fit_data = C.collect_pairs(fit_tr, a.gamma)
+    ho_data = C.collect_pairs(ho_tr, a.gamma)
     fit = C.fit_sts(fit_data, n_bins=a.bins)
     rep_fit = C.calibration_report(fit_data, fit.temperatures, a.bins)
     rep_ho = C.calibration_report(ho_data, fit.temperatures, a.bins)
@@ -378,6 +375,8 @@ def register(sub) -> None:
     p.add_argument("--save-traces", type=Path, default=None,
                    help="directory to write every trace (reusable by `calibrate --traces`)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    bounds(p, **PROMPT_ARGS)
+    outputs(p, files=("json",), dirs=("plots", "save_traces"))
     p.set_defaults(func=_cmd_eval)
 
     c = sub.add_parser("calibrate", help="fit Sequential Temperature Scaling for a drafter",
@@ -411,6 +410,10 @@ def register(sub) -> None:
     c.add_argument("--plots", type=Path, default=None, help="directory for reliability diagrams")
     c.add_argument("--no-png", action="store_true")
     c.add_argument("--quiet", action="store_true")
+    bounds(c, gamma=GAMMA, temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, seed=SEED,
+           max_new_tokens=TOKENS, holdout=Bound(0.0, 1.0, hi_open=True), bins=count(2, 1000),
+           **PROMPT_ARGS)
+    outputs(c, files=("json",), dirs=("plots", "save_traces"))
     c.set_defaults(func=_cmd_calibrate)
 
 

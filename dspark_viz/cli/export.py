@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dspark_viz.cli.common import CLIError
-from dspark_viz.drafter.deepspec import deepspec_class
+from dspark_viz.cli.common import CLIError, outputs
+from dspark_viz.drafter.deepspec import EXPORT_FAMILIES, deepspec_class
 from dspark_viz.drafter.model import read_drafter_config
 from dspark_viz.drafter.registry import resolve_drafter
 from dspark_viz.targets import load_target
@@ -28,8 +28,8 @@ def _early_problem(src: str) -> str | None:
     if cfg.restricted:
         return (f"{src} has a restricted draft vocabulary ({cfg.draft_vocab_size} of {cfg.vocab_size} "
                 "ids); DeepSpec's format stores full-vocabulary heads only")
-    if cfg.family != "qwen3":
-        return f"{src} is a {cfg.family} drafter; DeepSpec's format holds Qwen3 drafters here"
+    if cfg.family not in EXPORT_FAMILIES:
+        return f"{src} is a {cfg.family} drafter; DeepSpec's format holds Qwen3 and Gemma 4 drafters"
     return None
 
 
@@ -64,4 +64,5 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, help="the target the drafter serves (--format deepspec)")
     p.add_argument("--dtype", default="bf16", choices=tuple(DTYPES), help="our layout only")
     p.add_argument("--device", default="cpu")
+    outputs(p, dirs=("dst",))
     p.set_defaults(func=_cmd_export)

@@ -8,40 +8,42 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dspark_viz.cli.common import CLIError
-from dspark_viz.config import GAMMA_MAX
+from dspark_viz.cli.common import GAMMA, SEED, CLIError, bounds, count, outputs
 from dspark_viz.decoding.policy import sweep_specs
 from dspark_viz.drafter.registry import resolve_drafter
 from dspark_viz.io import write_json_atomic
 from dspark_viz.load.capacity import (DEFAULT_CAPACITY, DEFAULT_CONTEXT, get_curve, preset_names,
                                       profile_target, resolve_capacity)
 from dspark_viz.load.policy_spec import policy_from_spec
-from dspark_viz.load.simulator import TracePool, sweep
+from dspark_viz.load.simulator import MAX_LOAD, MAX_STEPS, TracePool, sweep
 from dspark_viz.targets import load_target
 from dspark_viz.viz.load_figures import frontier_figure, load_sweep_figure
 
 
-def _ints(s: str) -> list[int]:
+MAX_BATCH = 1 << 16  # a profiled batch size B (tokens in one forward)
+
+
+def _ints(s: str, flag: str, hi: int) -> list[int]:
     try:
         v = [int(x) for x in s.split(",") if x.strip()]
     except ValueError:
-        raise CLIError(f"expected comma-separated integers, got {s!r}") from None
-    if not v or min(v) < 1:
-        raise CLIError(f"expected positive integers, got {s!r}")
+        raise CLIError(f"{flag}: expected comma-separated integers, got {s[:60]!r}") from None
+    if not v or min(v) < 1 or max(v) > hi:
+        raise CLIError(f"{flag}: expected integers in [1, {hi}], got {s[:60]!r}")
     return v
 
 
 def _profile(a: argparse.Namespace):
     """Measure SPS(B) on this device (the target alone, or whole steps with --drafter)."""
-    bs = _ints(a.batch_sizes)
+    bs = _ints(a.batch_sizes, "--batch-sizes", MAX_BATCH)
+    if a.drafter == "none":
+        raise CLIError("--drafter none: profile the target alone by leaving --drafter out")
     target = load_target(a.target, device=a.device)
     drafter, dname = None, ""
     if a.drafter:
         drafter, dname = resolve_drafter(a.drafter, target)
         if drafter is None:
             raise CLIError("--drafter none: profile the target alone by leaving --drafter out")
-        if not 1 <= a.gamma <= GAMMA_MAX:
-            raise CLIError(f"--gamma must be in 1..{GAMMA_MAX}, got {a.gamma}")
 
     def prog(i, n, B, ms):
         print(f"  [{i}/{n}] B={B:<5d} {ms:9.2f} ms/step  {1e3 / ms:9.1f} SPS", flush=True)
@@ -75,11 +77,11 @@ def _cmd_simulate(a: argparse.Namespace) -> int:
     specs = [s.strip() for s in a.policies.split(",") if s.strip()]
     if not specs:
         raise CLIError("--policies is empty")
+    loads = _ints(a.loads, "--loads", MAX_LOAD)
     pool = TracePool.from_paths(a.traces, calibrated=not a.no_calibration)
     cap = resolve_capacity(a.capacity, context_len=a.context_len)
     policies = [policy_from_spec(s, pool.gamma, capacity=cap, record_path=False,
                                  context_len=a.context_len) for s in specs]
-    loads = _ints(a.loads)
     print(f"pool: {pool.n_rounds} rounds from {len(pool.sequences)} traces (γ={pool.gamma}; "
           f"{pool.censored} censored, {pool.dropped} dropped)   capacity: {cap.name}")
     res = sweep(pool, policies, cap, loads, a.steps, seed=a.seed)
@@ -119,6 +121,8 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None, help="write this roofline/jagged preset instead")
     p.add_argument("--list-presets", action="store_true")
     p.add_argument("--out", type=Path, default=None)
+    bounds(p, context_len=count(1, 1 << 20), repeats=count(1, 1000), gamma=GAMMA)
+    outputs(p, files=("out",))
     p.set_defaults(func=_cmd_profile)
 
     s = sub.add_parser("simulate", help="replay recorded rounds for R concurrent requests",
@@ -130,10 +134,13 @@ def register(sub) -> None:
                    help="context per request for presets (KV-read term)")
     s.add_argument("--policies", default=",".join(sweep_specs()),
                    help="comma-separated policy specs (a curve policy runs on --capacity)")
-    s.add_argument("--loads", default="1,8,32,128,256")
+    s.add_argument("--loads", default="1,8,32,128,256",
+                   help=f"comma-separated concurrent requests R (each 1–{MAX_LOAD})")
     s.add_argument("--steps", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-calibration", action="store_true", help="use raw confidences")
     s.add_argument("--json", type=Path, default=None)
     s.add_argument("--figures", type=Path, default=None, help="directory for plotly HTML figures")
+    bounds(s, context_len=count(0, 1 << 24), steps=count(1, MAX_STEPS), seed=SEED)
+    outputs(s, files=("json",), dirs=("figures",))
     s.set_defaults(func=_cmd_simulate)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dspark_viz.cli.common import CLIError, add_decode_args, decode_config, load_pair
+from dspark_viz.cli.common import CLIError, add_decode_args, decode_config, load_pair, outputs
 from dspark_viz.decoding.engine import SpecSession
 from dspark_viz.load.policy_spec import policy_from_spec
 
@@ -15,9 +15,9 @@ from dspark_viz.load.policy_spec import policy_from_spec
 def _cmd_trace(a: argparse.Namespace) -> int:
     if not a.prompt or not a.prompt.strip():
         raise CLIError("--prompt is empty")
+    policy = policy_from_spec(a.policy, a.gamma) if a.policy else None  # before any model loads
     target, drafter, label = load_pair(a)
     cfg = decode_config(a, drafter)
-    policy = policy_from_spec(a.policy, cfg.gamma) if a.policy else None
     s = SpecSession(target, drafter, cfg, policy=policy, drafter_name=label)
     tr = s.run(a.prompt)
     print(f"target: {tr.meta.target}   drafter: {label}   mode: {cfg.mode}   γ={cfg.gamma}   "
@@ -51,4 +51,5 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True)
     add_decode_args(p)
     p.add_argument("--out", type=Path, default=None, help="write the trace JSON here")
+    outputs(p, files=("out",))
     p.set_defaults(func=_cmd_trace)

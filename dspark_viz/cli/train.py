@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from dspark_viz.cli.common import CLIError, parse_layer_ids
+from dspark_viz.cli.common import (FRACTION, GAMMA, MAX_TOKENS, POSITIVE, SEED, Bound, CLIError,
+                                   bounds, check_sample_ids, count, outputs, parse_layer_ids)
 from dspark_viz.config import (MARKOV_TYPES, METHOD_PRESETS, TARGET_ALIASES, TARGET_PRESETS,
                                ConfigError)
 from dspark_viz.data.cache import TargetCache
@@ -93,7 +94,11 @@ def _init_drafter(a, target, cfg: TrainConfig, over: dict):
 
 def _source(a, target, dcfg, cfg: TrainConfig):
     if a.samples is not None:
-        return OnlineSource(read_samples(a.samples), target, dcfg.target_layer_ids, cfg.max_len)
+        samples = read_samples(a.samples)
+        if not samples:
+            raise CLIError(f"--samples {a.samples} holds no sample")
+        check_sample_ids(samples, target.vocab_size, f"--samples {a.samples}")  # before train_config.json
+        return OnlineSource(samples, target, dcfg.target_layer_ids, cfg.max_len)
     caches = [TargetCache(c, verify=not a.no_verify,
                           expect={"target": target.name, "hidden_size": target.hidden_size,
                                   "layer_ids": list(dcfg.target_layer_ids)}) for c in a.cache]
@@ -103,14 +108,15 @@ def _source(a, target, dcfg, cfg: TrainConfig):
     return CacheSource(caches[0]) if len(caches) == 1 else ConcatSource([CacheSource(c) for c in caches])
 
 
-def _draft_vocab(path: Path | None) -> list[int] | None:
+def _draft_vocab(path: Path | None, vocab_size: int) -> list[int] | None:
     if path is None:
         return None
     ids = read_json_capped(path, MAX_VOCAB_BYTES, what="--draft-vocab", error=CLIError)
-    try:
-        return [int(i) for i in ids]
-    except (ValueError, TypeError) as e:
-        raise CLIError(f"--draft-vocab {path}: expected a JSON list of token ids ({e})") from None
+    if not (isinstance(ids, list) and ids and all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in ids)):
+        raise CLIError(f"--draft-vocab {path}: expected a non-empty JSON list of token ids in "
+                       f"[0, {vocab_size})")
+    return ids
 
 
 def _print_result(a, cfg: TrainConfig, res) -> None:
@@ -139,8 +145,8 @@ def _train_ranked(a, d) -> int:
     if a.init is not None:
         init = _init_drafter(a, target, cfg, over)
         dcfg = init.cfg  # the run's drafter is the --init one
+    vocab = _draft_vocab(a.draft_vocab, target.vocab_size)
     source = _source(a, target, dcfg, cfg)
-    vocab = _draft_vocab(a.draft_vocab)
     try:
         res = train(target, source, a.out, cfg, drafter_cfg=dcfg, dist_info=d,
                     progress=not a.no_progress, draft_vocab=vocab,
@@ -180,6 +186,16 @@ def register(sub) -> None:
                    help="start from this drafter's weights: a drafter directory, or 'default' for "
                         "the shipped one of --method (fine-tuning; its configuration is kept)")
     _add_optimisation_args(p)
+    bounds(p, num_layers=count(1, 256), markov_rank=count(1, 1 << 16),
+           draft_vocab_size=count(0, 1 << 24), steps=count(1, 10**9), batch_size=count(1, 1 << 20),
+           micro_batch=count(1, 1 << 20), num_anchors=count(1, 1 << 16), block_size=GAMMA,
+           lr=Bound(0.0, 10.0, lo_open=True), warmup_ratio=FRACTION, min_lr_ratio=Bound(0.0, 1.0),
+           weight_decay=Bound(0.0, 100.0), grad_clip=Bound(0.0, 1e6), gamma_w=POSITIVE,
+           alpha_ce=Bound(0.0, 1e6), alpha_tv=Bound(0.0, 1e6), alpha_conf=Bound(0.0, 1e6),
+           chunk_rows=count(1, 1 << 20), max_len=count(2, MAX_TOKENS), max_minutes=POSITIVE,
+           seed=SEED, log_every=count(1), ckpt_every=count(1), keep_ckpts=count(0, 10**6),
+           threads=count(1, 4096))
+    outputs(p, dirs=("out",))
     p.set_defaults(func=_cmd_train)
 
 

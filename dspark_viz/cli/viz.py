@@ -10,7 +10,7 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-from dspark_viz.cli.common import CLIError
+from dspark_viz.cli.common import Bound, CLIError, bounds, count
 
 APP_PATH = Path(__file__).resolve().parents[2] / "app.py"
 
@@ -32,6 +32,12 @@ def _cmd_app(a: argparse.Namespace) -> int:
         argv += ["--device", a.device]
     if a.no_preload:
         argv.append("--no-preload")
+    if a.allow_models:
+        argv += ["--allow-models", *a.allow_models]
+    if a.max_upload_mb is not None:
+        argv += ["--max-upload-mb", repr(a.max_upload_mb)]
+    if a.model_cache is not None:
+        argv += ["--model-cache", str(a.model_cache)]
     return int(mod.main(argv) or 0)
 
 
@@ -45,4 +51,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--no-preload", action="store_true", help="load models on the first Start")
+    p.add_argument("--allow-models", nargs="+", default=[], metavar="PATH_OR_ID",
+                   help="more targets/drafters the page may offer (see README, Security model)")
+    p.add_argument("--max-upload-mb", type=float, default=None, help="largest trace upload in MB (default 5)")
+    p.add_argument("--model-cache", type=int, default=None, help="loaded models kept (default 3)")
+    bounds(p, port=count(1, 65535), model_cache=count(1, 64), max_upload_mb=Bound(0.0, 4096.0, lo_open=True))
     p.set_defaults(func=_cmd_app)

@@ -21,6 +21,7 @@ from typing import Iterable
 from dspark_viz.data.sources import Prompt, builtin
 from dspark_viz.errors import UserError, one_line
 from dspark_viz.io import atomic_path
+from dspark_viz.io import read_jsonl as read_jsonl_values
 
 SPLITS = ("train", "val")
 
@@ -69,18 +70,10 @@ def _record_to_prompt(obj, where: str, index: int) -> Prompt:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict]]:
-    """Yield (line number, object) for every non-blank line; bad JSON → PromptError with the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise PromptError(f"prompt file {str(path)!r} does not exist")
-    with path.open("r", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+    """Yield (line number, value) for every non-blank line (``io.read_jsonl``: any malformed
+    input — not UTF-8, bad JSON, NaN, too deep, huge integers — is a PromptError naming the line)."""
+    yield from read_jsonl_values(path, what="prompt file", error=PromptError, objects=False,
+                                 allow_empty=True)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[Prompt]:

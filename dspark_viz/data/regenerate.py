@@ -29,6 +29,7 @@ from typing import Protocol, Sequence
 import torch
 from tqdm import tqdm
 
+from dspark_viz.data.batchgen import generate_batch, prompt_seed
 from dspark_viz.data.prompts import PromptError, iter_jsonl, read_jsonl
 from dspark_viz.data.sources import Prompt
 from dspark_viz.errors import UserError
@@ -78,9 +79,10 @@ def template_for(name: str, target_name: str = "", family: str = "") -> ChatTemp
 
 # ------------------------------------------------------------------------------ backends
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int
-                 ) -> list[tuple[list[int], bool]]:
-        """Per prompt (ids) → (generated ids ending with an end token if finished, finished)."""
+    def generate(self, prompts: Sequence[list[int]], max_new_tokens: int,
+                 keys: Sequence[str] | None = None) -> list[tuple[list[int], bool]]:
+        """Per prompt (ids) → (generated ids ending with an end token if finished, finished).
+        ``keys``: per prompt a stable name (prompt id and turn) that seeds its sampling."""
 
 
 def _cut_at_eos(gen: list[int], eos: set[int]) -> tuple[list[int], bool]:
@@ -91,9 +93,10 @@ def _cut_at_eos(gen: list[int], eos: set[int]) -> tuple[list[int], bool]:
 
 
 class TransformersBackend:
-    """Batched ``generate`` on the target's own model, left-padded, stop at the target's EOS ids.
-
-    Sampling uses a private RNG state (``fork_rng`` + a seed per batch), never the global one.
+    """Batched generation on the target's own model (``batchgen.generate_batch``: left padding,
+    KV cache, stop at the target's EOS ids), each prompt sampled from its own generator seeded
+    by (seed, key) — so a prompt's answer does not depend on its batch, and a killed and
+    resumed run equals an uninterrupted one at any temperature. Never touches the global RNG.
     """
 
     def __init__(self, target, *, temperature: float = 0.7, top_p: float = 0.95, top_k: int = 0,
@@ -105,27 +108,14 @@ class TransformersBackend:
         self.pad = int(self.pad) if self.pad is not None else int(target.eos_ids[0])
 
     @torch.inference_mode()
-    def generate(self, prompts, max_new_tokens):
-        dev = self.target.device
-        L = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), L), self.pad, dtype=torch.long)
-        att = torch.zeros((len(prompts), L), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, L - len(p):] = torch.tensor(p)
-            att[i, L - len(p):] = 1
-        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=list(self.target.eos_ids),
-                  pad_token_id=self.pad, do_sample=self.temperature > 0)
-        if self.temperature > 0:
-            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k or None)
-        else:
-            kw.update(temperature=None, top_p=None, top_k=None)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + self.calls)
-            out = self.target.model.generate(input_ids=ids.to(dev), attention_mask=att.to(dev),
-                                             **kw)
+    def generate(self, prompts, max_new_tokens, keys=None):
+        if keys is None:  # no names given: position in this call (deterministic, batch-dependent)
+            keys = [f"call{self.calls}:{i}" for i in range(len(prompts))]
+        seeds = [prompt_seed(self.seed, k) for k in keys]
         self.calls += 1
-        eos = set(self.target.eos_ids)
-        return [_cut_at_eos(row[L:].tolist(), eos) for row in out.cpu()]
+        return generate_batch(self.target, prompts, seeds, max_new_tokens=max_new_tokens,
+                              temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p if self.temperature > 0 else 1.0, pad_id=self.pad)
 
 
 class OpenAIBackend:
@@ -183,7 +173,7 @@ class OpenAIBackend:
         finished = reason == "stop"
         return (gen + self.end_ids if finished else gen[:max_new_tokens]), finished
 
-    def generate(self, prompts, max_new_tokens):
+    def generate(self, prompts, max_new_tokens, keys=None):
         with ThreadPoolExecutor(max_workers=self.concurrency) as ex:
             return list(ex.map(lambda p: self._one(p, max_new_tokens), prompts))
 
@@ -218,7 +208,7 @@ def completed_ids(path: str | os.PathLike) -> set[str]:
             continue
         try:
             done.add(str(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # incl. deep nesting, huge ints
             raise RegenError(f"{path}:{n}: malformed output line; fix or remove it to resume") from None
     return done
 
@@ -287,7 +277,8 @@ def _answer_batch(batch: Sequence[Prompt], first_ids: dict, *, backend: Backend,
         act = [i for i in act if state[i]["ok"]]
         if not act:
             break
-        gens = backend.generate([list(state[i]["ids"]) for i in act], max_new_tokens)
+        gens = backend.generate([list(state[i]["ids"]) for i in act], max_new_tokens,
+                                keys=[f"{batch[i].id}#{t}" for i in act])
         for i, (gen, finished) in zip(act, gens):
             s = state[i]
             s["conv"].append({"role": "user", "content": batch[i].raw_text()

@@ -375,28 +375,41 @@ def _shingles(text: str, k: int) -> set:
     return {tuple(w[i:i + k]) for i in range(len(w) - k + 1)}
 
 
+class NearDuplicateGuard:
+    """``near_duplicate`` against a fixed list of texts, their shingles computed once.
+
+    ``guard(text)`` is True when ``text`` is too close to one of the texts: a shared run of
+    k = 6 words, word-trigram sets overlapping more than ``max_jaccard`` (Jaccard), or a shared
+    trigram with two numbers in it (the same equation or figures). Generic openings ("write a
+    Python function") are allowed."""
+
+    def __init__(self, others, *, k: int = 6, max_jaccard: float = 0.2) -> None:
+        self.k, self.max_jaccard = k, max_jaccard
+        self._others = [(_shingles(o, k), _shingles(o, 3)) for o in others]
+
+    def __call__(self, text: str) -> bool:
+        mine_k, mine3 = _shingles(text, self.k), _shingles(text, 3)
+        for ok, o3 in self._others:
+            if mine_k & ok:
+                return True
+            shared = mine3 & o3
+            if shared and len(shared) / len(mine3 | o3) > self.max_jaccard:
+                return True
+            if any(sum(any(ch.isdigit() for ch in w) for w in g) >= 2 for g in shared):
+                return True
+        return False
+
+
 def near_duplicate(text: str, others: list[str], *, k: int = 6, max_jaccard: float = 0.2) -> bool:
-    """True when ``text`` is too close to one of ``others``: a shared run of k = 6 words, word-
-    trigram sets overlapping more than ``max_jaccard`` (Jaccard), or a shared trigram with two
-    numbers in it (the same equation or figures). Generic openings ("write a Python function")
-    are allowed. The guard between generated training prompts and held-out eval prompts."""
-    mine_k, mine3 = _shingles(text, k), _shingles(text, 3)
-    for o in others:
-        if mine_k & _shingles(o, k):
-            return True
-        o3 = _shingles(o, 3)
-        shared = mine3 & o3
-        if shared and len(shared) / len(mine3 | o3) > max_jaccard:
-            return True
-        if any(sum(any(ch.isdigit() for ch in w) for w in g) >= 2 for g in shared):
-            return True
-    return False
+    """True when ``text`` is too close to one of ``others`` (``NearDuplicateGuard``): the guard
+    between generated training prompts and held-out eval prompts."""
+    return NearDuplicateGuard(others, k=k, max_jaccard=max_jaccard)(text)
 
 
 def tasks(n: int, seed: int = 0) -> list[Prompt]:
     """``n`` code / math / prose requests (a third each, in turn), unique, none near any of the
     project's held-out eval prompts (``dspark_viz.eval.prompts``)."""
-    held_out = [t for ts in builtin_sets().values() for t in ts]
+    guard = NearDuplicateGuard([t for ts in builtin_sets().values() for t in ts])
     rng = random.Random(seed)
     makers = (("code", _code_task), ("math", _math_task), ("prose", _prose_task))
     out, seen, tries = [], set(), 0
@@ -406,7 +419,7 @@ def tasks(n: int, seed: int = 0) -> list[Prompt]:
             raise ValueError(f"the task templates give only {len(out)} distinct prompts, not {n}")
         dom, make = makers[len(out) % 3]
         q = make(rng)
-        if q in seen or near_duplicate(q, held_out):
+        if q in seen or guard(q):
             continue
         seen.add(q)
         out.append(Prompt(id=_pid("task", q), source=f"tasks-{dom}", turns=(q,)))

@@ -17,6 +17,7 @@ keeps its name and a sample of it (``TraceMeta.capacity_curve``) so it can be dr
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol, Sequence
@@ -53,6 +54,20 @@ class _Pending:
     t_start: float
 
 
+class NonFiniteError(ConfigError):
+    """A setting or a model output that is not a finite number (T = ∞, NaN logits): decoding stops
+    before anything is recorded; one-line message."""
+
+
+def _require_finite(what: str, *tensors) -> None:
+    """NonFiniteError naming ``what`` when any of ``tensors`` (None skipped) holds NaN or +∞
+    (−∞ logits are a model's way of ruling a token out, and stay allowed)."""
+    for t in tensors:
+        if t is not None and bool((torch.isnan(t) | torch.isposinf(t)).any()):
+            raise NonFiniteError(f"{what} produced NaN or +∞ outputs: its weights or inputs are "
+                                 "broken; decoding stopped before recording them")
+
+
 def calibrate_conf(conf_logit: np.ndarray, temps: list[float] | None) -> np.ndarray:
     """STS: c_k = σ(logit_k / T_k); positions past the fitted ones reuse the last T."""
     if not temps:
@@ -86,7 +101,7 @@ def _curve_name(policy) -> str:
 def _topk(logits: torch.Tensor, k: int) -> list[list[TokenProb]]:
     """logits [n, V] → per row the top-k (token, logit, prob at T = 1)."""
     probs = torch.softmax(logits.float(), -1)
-    v, i = torch.topk(logits.float(), k, dim=-1)
+    v, i = torch.topk(logits.float(), min(k, logits.shape[-1]), dim=-1)  # K may be < k
     pv = torch.gather(probs, -1, i)
     return [[TokenProb(int(t), float(l), float(p)) for t, l, p in zip(ti, li, pi)]
             for ti, li, pi in zip(i.tolist(), v.tolist(), pv.tolist())]
@@ -103,6 +118,9 @@ class SpecSession:
             raise ConfigError(f"mode {cfg.mode!r} needs a drafter (use mode 'ar' for plain decoding)")
         if drafter is not None:
             check_compatible(drafter.cfg, target)
+        for name in ("temperature", "top_p"):
+            if not math.isfinite(getattr(cfg, name)):
+                raise NonFiniteError(f"{name} must be a finite number, got {getattr(cfg, name)}")
         self.target, self.drafter, self.cfg = target, drafter, cfg
         self.policy = policy if policy is not None else Fixed(cfg.gamma)
         problem = confidence_problem(self.policy, drafter, cfg) or curve_problem(self.policy)
@@ -153,6 +171,7 @@ class SpecSession:
         self.cache = self.target.new_cache()
         x = torch.tensor([ids], device=self.target.device)
         out = self.target.forward(x, self.cache, self.layer_ids)
+        _require_finite(f"target {self.target.name}", out.logits[0, -1])
         p = warp(out.logits[0, -1:], temperature=self.cfg.temperature, top_k=self.cfg.top_k,
                  top_p=self.cfg.top_p)
         first = int(draw(p, self.gen)[0])
@@ -193,6 +212,7 @@ class SpecSession:
                                     temperature=self.cfg.temperature, top_k=self.cfg.top_k,
                                     top_p=self.cfg.top_p, gen=self.gen, use_markov=self.use_markov,
                                     candidates=self.cfg.draft_candidates)
+        _require_finite(f"drafter {self.drafter_name}", prop.q, prop.base_logits, prop.conf_logit)
         raw = cal = None
         if prop.conf_logit is not None:
             lg = prop.conf_logit[0].double().cpu().numpy()
@@ -213,6 +233,7 @@ class SpecSession:
         t_v = time.perf_counter()
         x = torch.tensor([[self.anchor] + drafts[:ell]], device=T.device)
         out = T.forward(x, self.cache, self.layer_ids)
+        _require_finite(f"target {T.name}", out.logits[0])
         p = warp(out.logits[0], temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         q = prop.q[0, :ell] if prop is not None else p.new_zeros(0, p.shape[-1])
         res = verify_block(draft=torch.tensor(drafts[:ell], dtype=torch.long), q=q.cpu(),
@@ -381,7 +402,8 @@ class SpecSession:
                                      if getattr(d, "confidence", None) is not None else ""),
                          calibration_temperature=(getattr(d, "calibration_temperature", None)
                                                   if d is not None else None),
-                         capacity_curve=self._capacity_curve(load))
+                         capacity_curve=self._capacity_curve(load),
+                         vocab_size=int(self.target.vocab_size))
         tok = self.target.tokenizer
         vocab = {str(i): tok.token_text(i) for i in sorted(self._vocab_ids)}
         return Trace(version=SCHEMA_VERSION, meta=meta, rounds=list(self.rounds),
@@ -391,10 +413,10 @@ class SpecSession:
 def _bias_entries(bias, cbase, cand, k_rec: int):
     """Per position the k largest Markov biases among the candidates (boosted) and the k most
     negative among the parallel stage's top 50 (suppressed). bias, cbase, cand: [γ, K]."""
-    bv, bi = torch.topk(bias, k_rec, dim=-1)
+    bv, bi = torch.topk(bias, min(k_rec, bias.shape[-1]), dim=-1)
     top50 = torch.topk(cbase, min(50, cbase.shape[-1]), dim=-1).indices
     cb = torch.gather(bias, -1, top50)
-    sv, si = torch.topk(-cb, k_rec, dim=-1)
+    sv, si = torch.topk(-cb, min(k_rec, cb.shape[-1]), dim=-1)
     boosted = [[BiasEntry(int(cand[r, t]), float(b)) for t, b in zip(ti, vi)]
                for r, (ti, vi) in enumerate(zip(bi.tolist(), bv.tolist()))]
     suppressed = [[BiasEntry(int(cand[r, top50[r, j]]), float(-v)) for j, v in zip(sj, vj)]
@@ -448,4 +470,4 @@ def plain_decode(target, prompt: str | Sequence[int], cfg: DecodeConfig) -> list
 
 
 __all__ = ["SpecSession", "step_batch", "run_batch", "plain_decode", "calibrate_conf",
-           "confidence_problem", "curve_problem"]
+           "confidence_problem", "curve_problem", "NonFiniteError"]

@@ -1,48 +1,46 @@
 """DeepSpec's checkpoint format: load DeepSeek's released DSpark / DFlash drafters, write ours.
 
 Scope: recognising a DeepSpec drafter directory (``config.json`` whose ``architectures`` names a
-DeepSpec drafter class), mapping its config (a copy of the target's Hugging Face config plus the
-DSpark keys) to a ``DrafterConfig``, mapping tensor names both ways, checking the stored
-``embed_tokens`` / ``lm_head`` against the target's (then dropping them: we use the target's
-own), and writing one of our full-vocabulary drafters in the same layout (``save_deepspec``).
-Every malformed input is one line of ``DrafterError``.
+DeepSpec drafter class, ``Qwen3DSparkModel`` or ``Gemma4DSparkModel``), mapping tensor names
+both ways, checking the stored ``embed_tokens`` / ``lm_head`` (and, for Gemma 4, the final
+logit soft-cap) against the target's (then dropping them: we use the target's own), loading, and
+writing one of our full-vocabulary drafters in the same layout (``save_deepspec``). The config
+keys are ``deepspec_config``'s. Every malformed input is one line of ``DrafterError``.
 
-The format, as DeepSpec's ``save_pretrained`` writes it (``deepspec/modeling/dspark/qwen3``):
+The format, as DeepSpec's ``save_pretrained`` writes it (``deepspec/modeling/dspark/{qwen3,gemma4}``):
 one ``config.json`` + ``model.safetensors`` (bf16). Tensors: ``embed_tokens``, ``lm_head``,
 ``fc``, ``hidden_norm``, ``norm``, ``layers.N.{self_attn.{q,k,v,o}_proj, self_attn.{q,k}_norm,
-mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}`` (the same names as ours),
-``markov_head.markov_w1`` / ``markov_w2`` (+ the head kind's own, e.g. ``gate_proj``,
-``joint_proj``: each Markov class names them in ``deepspec_names``) and
+mlp.{gate,up,down}_proj, input_layernorm, post_attention_layernorm}`` (the same names as ours;
+Gemma 4 adds ``pre/post_feedforward_layernorm`` and the ``layer_scalar`` buffer, and has no
+``v_proj`` when K = V), ``markov_head.markov_w1`` / ``markov_w2`` (+ the head kind's own, e.g.
+``gate_proj``, ``joint_proj``: each Markov class names them in ``deepspec_names``) and
 ``confidence_head.proj``. A DFlash ablation is the same class with ``markov_rank`` 0 and no
-confidence head. Imported drafters run the Markov stage over the whole vocabulary, as DeepSpec's
-evaluator does (``DSparkDrafter.whole_vocab_markov``).
+confidence head.
 
-Supported: Qwen3 drafters (default RoPE, no attention bias, full attention). Gemma 4 drafters
-are recognised and refused with the reason (their layers differ from every family we build).
+The Markov stage of an imported drafter runs over the whole vocabulary by default, as DeepSpec's
+evaluator does — only then are the drafts DeepSpec's own (``load_deepspec``'s
+``markov_candidates=0``, kept on ``DSparkDrafter.markov_candidates``). Restricting it to the
+top-K base logits is an explicit choice: ``markov_candidates=K`` (lossless still, but drafts
+can differ from DeepSpec's when the bias lifts a token from outside the top K), or ``None`` to
+follow ``DecodeConfig.draft_candidates`` like our own drafters.
 """
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
 
-from dspark_viz.config import ConfigError, DrafterConfig
-from dspark_viz.drafter.markov import MARKOV_HEADS, NO_HEAD
+from dspark_viz.drafter.deepspec_config import (DEEPSPEC_CLASSES, drafter_config, export_config,
+                                                softcap_of)
 from dspark_viz.drafter.model import (MAX_CONFIG_BYTES, DrafterError, DSparkDrafter,
                                       check_compatible, read_safetensors)
 from dspark_viz.io import read_json_capped, write_text_atomic
 
-# DeepSpec's drafter classes (``architectures[0]``) → the target family they are built for.
-DEEPSPEC_CLASSES = {"Qwen3DSparkModel": "qwen3", "Qwen3DFlashModel": "qwen3",
-                    "Gemma4DSparkModel": "gemma4", "Gemma4DFlashModel": "gemma4"}
-# the keys DeepSpec's model classes require (``required_fields``) plus the two we need besides
-REQUIRED_KEYS = ("target_layer_ids", "mask_token_id", "num_anchors", "enable_confidence_head",
-                 "markov_rank", "block_size", "num_target_layers")
-EXPORT_NUM_ANCHORS = 512  # a training setting DeepSpec's config carries; its released value
-UNSUPPORTED_GEMMA4 = ("Gemma 4 DSpark drafters are not supported yet (their layers use plain-weight "
-                      "norms, a scale-free value norm, attention scale 1, shared K=V and a layer "
-                      "scalar, none of which our draft layers implement)")
+__all__ = ["deepspec_class", "load_deepspec", "save_deepspec", "export_problem", "tensor_names",
+           "drafter_config", "export_config", "DEEPSPEC_CLASSES", "EXPORT_FAMILIES", "WHOLE_VOCAB"]
+
+WHOLE_VOCAB = 0  # ``markov_candidates`` of an import by default: the whole vocabulary, DeepSpec's
+EXPORT_FAMILIES = tuple(DEEPSPEC_CLASSES.values())  # the families DeepSpec's classes serve
 
 
 def deepspec_class(path: str | Path) -> str | None:
@@ -58,110 +56,6 @@ def deepspec_class(path: str | Path) -> str | None:
     if isinstance(archs, list) and archs and archs[0] in DEEPSPEC_CLASSES:
         return archs[0]
     return None
-
-
-# ----------------------------------------------------------------------------- config
-def _hf_config(raw: dict, where: str):
-    """Parse the stored config with transformers' own class (the defaults of keys that
-    ``save_pretrained`` left out come from there, as when DeepSpec loads it)."""
-    from transformers import Qwen3Config
-    if raw.get("model_type") != "qwen3":
-        raise DrafterError(f"{where}: model_type {raw.get('model_type')!r}, a Qwen3DSparkModel needs 'qwen3'")
-    try:
-        return Qwen3Config(**{k: v for k, v in raw.items() if k != "model_type"})
-    except (TypeError, ValueError, KeyError, AttributeError) as e:
-        raise DrafterError(f"{where}: malformed Qwen3 config ({e})") from None
-
-
-def _int(hf, key: str, where: str) -> int:
-    v = getattr(hf, key, None)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DrafterError(f"{where}: {key} must be an integer, got {v!r}")
-    return v
-
-
-def _rope_theta(hf, where: str) -> float:
-    rp = getattr(hf, "rope_parameters", None) or {}
-    kind = rp.get("rope_type", "default")
-    if kind != "default":
-        raise DrafterError(f"{where}: unsupported rope_type {kind!r} (only default RoPE is supported)")
-    theta = rp.get("rope_theta")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
-        raise DrafterError(f"{where}: rope_parameters.rope_theta must be a positive number, got {theta!r}")
-    return float(theta)
-
-
-def _check_architecture(hf, where: str) -> None:
-    """Refuse the Qwen3 variants our draft layers do not implement."""
-    if getattr(hf, "attention_bias", False):
-        raise DrafterError(f"{where}: attention_bias is true (our draft layers have no attention biases)")
-    if getattr(hf, "hidden_act", "silu") != "silu":
-        raise DrafterError(f"{where}: hidden_act {hf.hidden_act!r} (only silu is supported)")
-    types = getattr(hf, "layer_types", None) or []
-    if any(t != "full_attention" for t in types) or getattr(hf, "use_sliding_window", False):
-        raise DrafterError(f"{where}: sliding-window draft layers are not supported")
-
-
-def _heads(raw: dict, hf, where: str) -> tuple[str, int, bool]:
-    """(markov_type, markov_rank, confidence_head) from DeepSpec's Markov/confidence keys."""
-    rank = _int(hf, "markov_rank", where)
-    if rank < 0:
-        raise DrafterError(f"{where}: markov_rank must be ≥ 0, got {rank}")
-    kind = NO_HEAD
-    if rank > 0:
-        if "markov_head_type" not in raw:
-            raise DrafterError(f"{where}: markov_head_type is required when markov_rank > 0")
-        kind = str(raw["markov_head_type"]).lower()
-        if kind not in MARKOV_HEADS:
-            raise DrafterError(f"{where}: unsupported markov_head_type {kind!r} ({', '.join(MARKOV_HEADS)})")
-    conf = raw["enable_confidence_head"]
-    if not isinstance(conf, bool):
-        raise DrafterError(f"{where}: enable_confidence_head must be true or false, got {conf!r}")
-    if conf:
-        if "confidence_head_with_markov" not in raw:
-            raise DrafterError(f"{where}: confidence_head_with_markov is required when enable_confidence_head is true")
-        with_markov = raw["confidence_head_with_markov"]
-        if rank > 0 and with_markov is not True:
-            raise DrafterError(f"{where}: confidence_head_with_markov is {with_markov!r}; only a confidence "
-                               "head that reads the Markov embedding is supported")
-        if rank == 0 and with_markov is not False:
-            raise DrafterError(f"{where}: confidence_head_with_markov is true but there is no Markov head (markov_rank 0)")
-    return kind, rank, conf
-
-
-def drafter_config(raw: dict, where: str, *, target_name: str = "") -> DrafterConfig:
-    """A DeepSpec ``config.json`` (parsed) → our DrafterConfig; DrafterError naming the key."""
-    arch = (raw.get("architectures") or [None])[0]
-    if DEEPSPEC_CLASSES.get(arch) == "gemma4":
-        raise DrafterError(f"{where}: {UNSUPPORTED_GEMMA4}")
-    if arch not in DEEPSPEC_CLASSES:
-        raise DrafterError(f"{where}: architectures {raw.get('architectures')!r} names no DeepSpec drafter class")
-    missing = [k for k in REQUIRED_KEYS if k not in raw]
-    if missing:
-        raise DrafterError(f"{where}: missing DeepSpec key(s) {', '.join(missing)}")
-    hf = _hf_config(raw, where)
-    _check_architecture(hf, where)
-    kind, rank, conf = _heads(raw, hf, where)
-    ids = raw["target_layer_ids"]
-    if not (isinstance(ids, list) and ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
-        raise DrafterError(f"{where}: target_layer_ids must be a non-empty list of integers, got {ids!r}")
-    heads = _int(hf, "num_attention_heads", where)
-    if heads < 1:
-        raise DrafterError(f"{where}: num_attention_heads must be ≥ 1, got {heads}")
-    head_dim = getattr(hf, "head_dim", None) or _int(hf, "hidden_size", where) // heads
-    try:
-        return DrafterConfig(
-            family="qwen3", vocab_size=_int(hf, "vocab_size", where),
-            hidden_size=_int(hf, "hidden_size", where), target_layer_ids=tuple(ids),
-            target_num_layers=_int(hf, "num_target_layers", where),
-            mask_token_id=_int(hf, "mask_token_id", where), block_size=_int(hf, "block_size", where),
-            num_layers=_int(hf, "num_hidden_layers", where), num_heads=heads,
-            num_kv_heads=_int(hf, "num_key_value_heads", where), head_dim=int(head_dim),
-            intermediate_size=_int(hf, "intermediate_size", where),
-            rms_norm_eps=float(hf.rms_norm_eps), rope_theta=_rope_theta(hf, where),
-            markov_type=kind, markov_rank=rank, confidence_head=conf, target_name=target_name)
-    except (ConfigError, TypeError, ValueError) as e:
-        raise DrafterError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- tensor names
@@ -205,9 +99,27 @@ def check_shared(sd: dict[str, torch.Tensor], target, where: str) -> None:
 
 
 # ----------------------------------------------------------------------------- load
-def load_deepspec(path: str | Path, target, *, device=None, dtype=None) -> DSparkDrafter:
+def check_softcap(raw: dict, target, where: str) -> None:
+    """DeepSpec's Gemma 4 ``compute_logits`` soft-caps the draft logits with the config's
+    ``final_logit_softcapping``; we apply the target's. Refuse a checkpoint whose cap differs."""
+    mine = softcap_of(raw)
+    theirs = float(target.softcap) if target.softcap else None
+    if (raw.get("architectures") or [None])[0] == "Gemma4DSparkModel" and mine != theirs:
+        raise DrafterError(f"{where}: final_logit_softcapping {mine!r} differs from {target.name}'s {theirs!r}")
+
+
+def load_deepspec(path: str | Path, target, *, device=None, dtype=None,
+                  markov_candidates: int | None = WHOLE_VOCAB) -> DSparkDrafter:
     """Load a DeepSpec drafter directory for ``target`` (embed_tokens/lm_head checked, then
-    dropped); weights go straight to the target's device and dtype (no random init)."""
+    dropped); weights go straight to the target's device and dtype (no random init).
+
+    ``markov_candidates``: 0 (the default) runs the Markov stage over the whole vocabulary —
+    DeepSpec's drafts exactly, whatever ``DecodeConfig.draft_candidates`` says; K > 0 restricts it
+    to the top-K base logits on purpose; None follows ``DecodeConfig.draft_candidates``."""
+    if markov_candidates is not None and (isinstance(markov_candidates, bool) or
+                                          not isinstance(markov_candidates, int) or markov_candidates < 0):
+        raise DrafterError(f"markov_candidates must be None or an integer ≥ 0 (0 = whole vocabulary), "
+                           f"got {markov_candidates!r}")
     path = Path(path)
     cfg_file, w_file = path / "config.json", path / "model.safetensors"
     if not w_file.is_file():
@@ -216,9 +128,10 @@ def load_deepspec(path: str | Path, target, *, device=None, dtype=None) -> DSpar
     if not isinstance(raw, dict):
         raise DrafterError(f"{cfg_file} is not a JSON object")
     cfg = drafter_config(raw, str(cfg_file), target_name=target.name)
+    check_compatible(cfg, target)  # family, sizes: the plainest reason first
+    check_softcap(raw, target, str(cfg_file))
     sd = read_safetensors(w_file)
     check_shared(sd, target, str(w_file))
-    check_compatible(cfg, target)
     device = torch.device(device) if device is not None else target.device
     with torch.device("meta"):
         model = DSparkDrafter(cfg)
@@ -233,43 +146,21 @@ def load_deepspec(path: str | Path, target, *, device=None, dtype=None) -> DSpar
         raise DrafterError(f"{w_file}: tensors a {cfg.markov_type} DSpark drafter does not have: {', '.join(sorted(extra)[:3])}")
     model.load_checked(ours, str(w_file))
     model.read_extras(path)  # DeepSpec trains on 1 − TV ("tv"); calibration.json is ours, if any
-    model.whole_vocab_markov = True
+    model.markov_candidates = markov_candidates
     return model.eval()
 
 
 # ----------------------------------------------------------------------------- export
-def export_config(drafter: DSparkDrafter, target) -> str:
-    """DeepSpec's ``config.json`` for ``drafter``: a copy of the target's config with the draft
-    architecture and the DSpark keys set, as DeepSpec's ``build_draft_config`` builds it and
-    ``save_pretrained`` serialises it (transformers' ``to_json_string(use_diff=True)``)."""
-    c = drafter.cfg
-    hf = copy.deepcopy(target.config)
-    for k, v in dict(architectures=["Qwen3DSparkModel"], num_target_layers=c.target_num_layers,
-                     num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-                     num_key_value_heads=c.num_kv_heads, head_dim=c.head_dim,
-                     intermediate_size=c.intermediate_size, rms_norm_eps=c.rms_norm_eps,
-                     rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
-                     block_size=c.block_size, tie_word_embeddings=False,
-                     layer_types=["full_attention"] * c.num_layers, use_sliding_window=False,
-                     mask_token_id=c.mask_token_id, target_layer_ids=list(c.target_layer_ids),
-                     num_anchors=EXPORT_NUM_ANCHORS, enable_confidence_head=c.confidence_head,
-                     markov_rank=c.markov_rank if c.has_markov else 0, dtype="bfloat16").items():
-        setattr(hf, k, v)
-    if c.confidence_head:
-        hf.confidence_head_with_markov = c.has_markov
-    if c.has_markov:
-        hf.markov_head_type = c.markov_type
-    return hf.to_json_string(use_diff=True)
-
-
 def export_problem(drafter: DSparkDrafter, target) -> str | None:
     """Why ``drafter`` cannot be written in DeepSpec's layout for ``target`` (None: it can)."""
     c = drafter.cfg
     if c.restricted:
         return (f"the drafter has a restricted draft vocabulary ({c.draft_vocab_size} of {c.vocab_size} ids); "
                 "DeepSpec's format stores full-vocabulary heads only")
-    if c.family != "qwen3" or target.family != "qwen3":
-        return f"DeepSpec's format holds Qwen3 drafters here; this one is for a {c.family} target"
+    if c.family not in EXPORT_FAMILIES:
+        return f"DeepSpec's format holds Qwen3 and Gemma 4 drafters; this one is for a {c.family} target"
+    if target.family != c.family:
+        return f"the drafter is for a {c.family} target, {target.name} is {target.family}"
     return None
 
 

@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dspark_viz.config import DRAFTER_PRESETS, ConfigError, DrafterConfig
-from dspark_viz.drafter.backbone import DraftLayer, RMSNorm
+from dspark_viz.drafter.backbone import DraftLayer, make_norm
 from dspark_viz.drafter.markov import ConfidenceHead, build_markov_head
 from dspark_viz.errors import UserError
 from dspark_viz.io import atomic_path, read_json_capped, write_json_atomic
 from dspark_viz.sampling import draw, warp
-from dspark_viz.targets import Bf16Head
+from dspark_viz.targets import Bf16Head, gemma4_full_attention
 
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20  # a drafter's config.json / calibration.json is a few KiB
@@ -47,17 +47,26 @@ def default_layer_ids(num_layers: int, n: int = 5) -> tuple[int, ...]:
 def config_for_target(target, *, preset: str = "embedded", markov_type: str = "vanilla",
                       layer_ids: tuple[int, ...] | None = None, block_size: int = 7,
                       **overrides) -> DrafterConfig:
-    """A DrafterConfig sized for ``target`` from a named preset plus overrides."""
+    """A DrafterConfig sized for ``target`` from a named preset plus overrides.
+
+    Gemma 4 targets: the draft layers copy the target's *full-attention* geometry, as DeepSpec's
+    ``build_draft_config`` does (head dim ``global_head_dim``, K = V and its key/value heads, the
+    ``full_attention`` RoPE θ and proportion); a preset's head sizes still override them."""
     if preset not in DRAFTER_PRESETS:
         raise ConfigError(f"unknown drafter preset {preset!r} ({', '.join(DRAFTER_PRESETS)})")
     tc = target.config
-    base = dict(num_heads=int(tc.num_attention_heads), num_kv_heads=int(tc.num_key_value_heads),
-                head_dim=int(getattr(tc, "head_dim", tc.hidden_size // tc.num_attention_heads)),
-                intermediate_size=int(tc.intermediate_size))
+    base = dict(num_heads=int(tc.num_attention_heads), intermediate_size=int(tc.intermediate_size))
+    if target.family == "gemma4":
+        fa = gemma4_full_attention(tc)
+        base.update(head_dim=fa.head_dim, num_kv_heads=fa.num_kv_heads, k_eq_v=fa.k_eq_v,
+                    rope_theta=fa.rope_theta, rope_proportion=fa.rope_proportion)
+    else:
+        base.update(num_kv_heads=int(tc.num_key_value_heads),
+                    head_dim=int(getattr(tc, "head_dim", tc.hidden_size // tc.num_attention_heads)))
     base.update(DRAFTER_PRESETS[preset])
     base.update(overrides)
     conf = base.pop("confidence_head", markov_type != "none")
-    # Qwen3: the target's rotary base (1e6 for the released Qwen3 models). Gemma targets rotate
+    # Qwen3: the target's rotary base (1e6 for the released Qwen3 models). Gemma 3 targets rotate
     # per layer type; their drafters keep the default 10 000 the shipped drafters were trained with.
     theta = target_rope_theta(tc)
     if theta is not None and target.family == "qwen3":
@@ -119,9 +128,9 @@ class DSparkDrafter(nn.Module):
         self.cfg = cfg
         H = cfg.hidden_size
         self.fc = nn.Linear(len(cfg.target_layer_ids) * H, H, bias=False)
-        self.hidden_norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
+        self.hidden_norm = make_norm(cfg.family, H, cfg.rms_norm_eps)
         self.layers = nn.ModuleList([DraftLayer(cfg) for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(H, cfg.rms_norm_eps, cfg.family == "gemma3")
+        self.norm = make_norm(cfg.family, H, cfg.rms_norm_eps)
         Vd = cfg.draft_vocab_size if cfg.restricted else cfg.vocab_size
         self.markov = build_markov_head(cfg.markov_type, Vd, H, cfg.markov_rank,
                                         in_vocab=Vd + 1 if cfg.restricted else Vd)
@@ -137,9 +146,13 @@ class DSparkDrafter(nn.Module):
         # what the confidence head was trained to predict: "tv" (T = 1 acceptance, the paper's
         # label) or "greedy" (T = 0 argmax match); saved in the safetensors metadata
         self.conf_label: str = "tv"
-        # True for drafters imported from DeepSpec: the sequential stage then always runs over
-        # the whole vocabulary (``propose`` ignores ``candidates``), as DeepSpec's evaluator does
-        self.whole_vocab_markov: bool = False
+        # How many candidates the sequential stage runs over, when this drafter insists: None
+        # (our drafters) follows the caller's ``candidates`` (``DecodeConfig.draft_candidates``);
+        # an int K pins it (0 = the whole vocabulary). DeepSpec imports pin 0 — DeepSpec's
+        # evaluator runs the Markov stage over the whole vocabulary, and only then are the drafts
+        # DeepSpec's own; set K > 0 (``load_deepspec(..., markov_candidates=K)`` or this
+        # attribute) to restrict an import on purpose, or None to follow the DecodeConfig.
+        self.markov_candidates: int | None = None
         for m in self.modules():
             if isinstance(m, nn.Linear) and m not in (getattr(self.markov, "w2", None),) and \
                     (self.confidence is None or m is not self.confidence.proj):
@@ -254,10 +267,13 @@ class DSparkDrafter(nn.Module):
         position (the draft distribution q_k is then supported on them; verification uses this
         exact q_k, so decoding stays lossless). It keeps the Markov loop at O(K·r) per position
         instead of O(V·r) — on a 262k vocabulary that is the difference between a few percent
-        of the round and a third of it. K = 0 uses the whole vocabulary.
+        of the round and a third of it. K = 0 uses the whole vocabulary. A drafter whose
+        ``markov_candidates`` is set uses that instead (DeepSpec imports: 0, the whole
+        vocabulary, unless overridden).
         """
         t0 = time.perf_counter()
-        candidates = 0 if self.whole_vocab_markov else candidates
+        if self.markov_candidates is not None:
+            candidates = self.markov_candidates
         B = anchor.shape[0]
         pos = torch.arange(cache.length, cache.length + gamma, device=anchor.device)
         h = self.backbone(self.block_inputs(target, anchor, gamma), pos.expand(B, -1), cache.kv)
@@ -398,7 +414,10 @@ def read_drafter_config(path: Path) -> DrafterConfig:
         raise DrafterError(f"{path} is not a drafter checkpoint (needs config.json and model.safetensors)")
     raw = read_json_capped(cfg_file, MAX_CONFIG_BYTES, what="drafter config", error=DrafterError)
     if not isinstance(raw, dict) or raw.get("model_type") != "dspark_drafter":
-        raise DrafterError(f"{cfg_file} is not a dspark_drafter config")
+        archs = raw.get("architectures") if isinstance(raw, dict) else None
+        also = (f", and its architectures {archs!r} name no DeepSpec drafter class "
+                "(Qwen3DSparkModel, Gemma4DSparkModel)" if archs else "")
+        raise DrafterError(f"{cfg_file} is not a dspark_drafter config{also}")
     if raw.get("format_version") != FORMAT_VERSION:
         raise DrafterError(f"{cfg_file}: unsupported format_version {raw.get('format_version')!r}")
     try:
@@ -422,9 +441,9 @@ def read_calibration(cal: Path) -> tuple[list[float], float | None]:
         if not (isinstance(temps, list) and all(isinstance(t, (int, float)) and t > 0 for t in temps)):
             raise ValueError("temperatures must be a list of positive numbers")
         fit_t = obj.get("temperature")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        return [float(t) for t in temps], float(fit_t) if isinstance(fit_t, (int, float)) else None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         raise DrafterError(f"{cal}: malformed calibration ({e})") from None
-    return [float(t) for t in temps], float(fit_t) if isinstance(fit_t, (int, float)) else None
 
 
 def check_compatible(cfg: DrafterConfig, target) -> None:

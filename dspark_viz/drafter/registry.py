@@ -4,9 +4,11 @@ Scope: map a user's ``--drafter`` value to a loaded ``DSparkDrafter`` (or None) 
 for traces and screens. ``default`` is the drafter shipped for the embedded Gemma 3 270M when
 it is present in ``dspark_viz/assets/drafters``; otherwise an untrained drafter, labelled so. A
 directory is loaded in our format, or in DeepSpec's when its ``config.json`` names a DeepSpec
-drafter class (label ``deepspec:<spec>``). A Hugging Face hub id that is not a local directory is
-fetched with ``huggingface_hub`` — from the local cache only when the hub is offline
-(``HF_HUB_OFFLINE``), failing at once with one line when it is not there.
+drafter class (label ``deepspec:<spec>``; its Markov stage runs over the whole vocabulary,
+``markov_candidates`` 0, unless the caller sets that attribute). A Hugging Face hub id that is not
+a local directory is fetched with ``huggingface_hub`` — from the local cache only when the hub is
+offline (``HF_HUB_OFFLINE``), failing at once with one line when it is not there. No lock is taken
+here (a caller that serialises model loads holds its own only for this short failure).
 """
 from __future__ import annotations
 

@@ -77,19 +77,29 @@ def _logit(c: np.ndarray) -> np.ndarray:
     return np.log(c) - np.log1p(-c)
 
 
-def collect_pairs(traces: Sequence[Trace]) -> CalibrationData:
-    """Rounds with raw confidences → CalibrationData (γ = the largest drafted block)."""
+def collect_pairs(traces: Sequence[Trace], gamma: int | None = None) -> CalibrationData:
+    """Rounds with raw confidences → CalibrationData, ``gamma`` positions wide (None: the largest
+    drafted block). Positions past a shorter round are unobserved; a round drafting more than
+    ``gamma`` tokens, or a confidence that is not a probability, is a CalibrationError."""
     rows = [r for t in traces for r in t.rounds if r.draft and r.draft[0].conf_raw is not None]
     if not rows:
         raise CalibrationError("no rounds with confidences to calibrate on (plain decoding, or a "
                                "drafter without a confidence head)")
-    g = max(len(r.draft) for r in rows)
+    longest = max(len(r.draft) for r in rows)
+    if gamma is not None and longest > gamma:
+        raise CalibrationError(f"a round drafted {longest} tokens, more than γ={gamma}")
+    g = longest if gamma is None else gamma
     logits = np.zeros((len(rows), g))
     surv = np.zeros((len(rows), g))
     obs = np.zeros((len(rows), g), dtype=bool)
     for i, r in enumerate(rows):
         v = view_round(r)
-        conf = np.array([d.conf_raw for d in r.draft], dtype=np.float64)
+        try:
+            conf = np.array([d.conf_raw for d in r.draft], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CalibrationError(f"round {r.index}: confidences must all be numbers") from None
+        if not np.all((conf >= 0) & (conf <= 1)):
+            raise CalibrationError(f"round {r.index}: confidences must lie in [0, 1]")
         logits[i, : len(conf)] = _logit(conf)
         k = np.arange(1, g + 1)
         surv[i] = (k <= v.accepted).astype(float)
@@ -312,11 +322,19 @@ def load_calibration(path: str | os.PathLike) -> dict:
         raise CalibrationError(f"no calibration file at {str(p)!r}")
     d = read_json_capped(p, MAX_CALIBRATION_BYTES, what="calibration file", error=CalibrationError)
     temps = d.get("temperatures") if isinstance(d, dict) else None
-    if not (isinstance(temps, list) and temps and all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
-            for t in temps)):
+    if not (isinstance(temps, list) and temps and all(_positive(t) for t in temps)):
         raise CalibrationError(f"{p}: 'temperatures' must be a non-empty list of positive numbers")
     return d
+
+
+def _positive(t) -> bool:
+    """A finite number > 0 (not a bool; an int too large for a float is not finite)."""
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        return False
+    try:
+        return math.isfinite(t) and t > 0
+    except OverflowError:
+        return False
 
 
 __all__ = ["CALIBRATION_FILE", "DEFINITIONS", "CalibrationError", "CalibrationData",

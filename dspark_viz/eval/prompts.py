@@ -15,11 +15,11 @@ here shares its opening or closing 30 characters with the toolchain's sources
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from dspark_viz.config import ConfigError
+from dspark_viz.io import read_jsonl
 
 CODE = (
     "Write a Python function `run_length_encode(s)` that turns 'aaabccdddd' into "
@@ -103,39 +103,28 @@ def builtin_sets(names: str | None = None) -> dict[str, list[str]]:
     return out
 
 
+class EvalDataError(ConfigError):
+    """An eval set file is missing, too large or malformed; one line naming the file and line."""
+
+
 def read_turns_jsonl(path: str | os.PathLike) -> list[str]:
     """First turn of every ``{"turns": [str, …]}`` line; blank lines skipped.
 
-    Errors name the file and line: not JSON, not an object, ``turns`` missing or not a
-    non-empty list of strings, or an empty first turn.
+    Read through ``io.read_jsonl``: errors name the file and line (not UTF-8, not JSON, not an
+    object, ``turns`` missing or not a non-empty list of strings, an empty first turn; a file
+    holding no prompt).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"eval file {str(p)!r} does not exist")
-    if p.stat().st_size > MAX_JSONL_BYTES:
-        raise ConfigError(f"eval file {p} is larger than {MAX_JSONL_BYTES >> 20} MiB")
     out: list[str] = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"eval file {p} is not UTF-8 text: {e}") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{p}:{n}: expected a JSON object with a 'turns' list")
+    for n, row in read_jsonl(path, max_bytes=MAX_JSONL_BYTES, what="eval file",
+                             error=EvalDataError, allow_empty=True):
         turns = row.get("turns")
         if not (isinstance(turns, list) and turns and all(isinstance(t, str) for t in turns)):
-            raise ConfigError(f"{p}:{n}: 'turns' must be a non-empty list of strings")
+            raise EvalDataError(f"{path}:{n}: 'turns' must be a non-empty list of strings")
         if not turns[0].strip():
-            raise ConfigError(f"{p}:{n}: the first turn is empty")
+            raise EvalDataError(f"{path}:{n}: the first turn is empty")
         out.append(turns[0])
     if not out:
-        raise ConfigError(f"eval file {p} holds no prompts")
+        raise EvalDataError(f"eval file {path} holds no prompts")
     return out
 
 
@@ -144,4 +133,5 @@ def dataset_name(path: str | os.PathLike) -> str:
     return Path(path).name.removesuffix(".jsonl").removesuffix(".json") or "data"
 
 
-__all__ = ["CODE", "MATH", "PROSE", "BUILTIN", "builtin_sets", "read_turns_jsonl", "dataset_name"]
+__all__ = ["CODE", "MATH", "PROSE", "BUILTIN", "EvalDataError", "builtin_sets", "read_turns_jsonl",
+           "dataset_name"]

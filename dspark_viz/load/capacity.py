@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,22 @@ CAPACITY_FORMAT = "dspark-viz-capacity"
 CAPACITY_VERSION = 1
 MAX_CAPACITY_BYTES = 4 * 1024 * 1024
 KINDS = ("profiled", "roofline", "jagged", "table")
+MAX_INT = 1 << 40  # bound of every integer field (batch sizes, layers, context, buckets, …)
+MAX_POINTS = 1 << 16  # tabulated points / buckets of one curve
+
+
+def _is_int(v, lo: int = 1, hi: int = MAX_INT) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_number(v) -> bool:
+    """A finite real that is not a bool (an int too large for a float is not finite)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 class CapacityError(UserError):
@@ -71,18 +88,23 @@ class Roofline:
     buckets: tuple[int, ...] = ()  # CUDA-graph batch buckets; B is padded up to the next one
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "buckets", tuple(int(b) for b in self.buckets))
+        if not isinstance(self.device, str) or not isinstance(self.model, str):
+            raise CapacityError("roofline.device and roofline.model must be strings")
+        bk = self.buckets
+        if not isinstance(bk, (list, tuple)) or len(bk) > MAX_POINTS or not all(_is_int(b) for b in bk):
+            raise CapacityError(f"roofline.buckets must be a list of integers in [1, {MAX_INT}]")
+        object.__setattr__(self, "buckets", tuple(int(b) for b in bk))
         for name in ("bandwidth_tbs", "peak_tflops", "params_b", "mem_eff", "flop_eff",
                      "bytes_per_param", "kv_bytes"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise CapacityError(f"roofline.{name} must be a positive number, got {v!r}")
+            if not (_is_number(v) and v > 0):
+                raise CapacityError(f"roofline.{name} must be a positive number, got {v!r:.40}")
         for name in ("layers", "heads", "kv_heads", "head_dim", "tile"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise CapacityError(f"roofline.{name} must be a positive integer, got {v!r}")
-        if not (math.isfinite(self.overhead_ms) and self.overhead_ms >= 0):
-            raise CapacityError(f"roofline.overhead_ms must be ≥ 0, got {self.overhead_ms!r}")
+            if not _is_int(v):
+                raise CapacityError(f"roofline.{name} must be an integer in [1, {MAX_INT}], got {v!r:.40}")
+        if not (_is_number(self.overhead_ms) and self.overhead_ms >= 0):
+            raise CapacityError(f"roofline.overhead_ms must be ≥ 0, got {self.overhead_ms!r:.40}")
         if self.mem_eff > 1 or self.flop_eff > 1:
             raise CapacityError("roofline efficiencies must be in (0, 1]")
         if any(b < 1 for b in self.buckets) or list(self.buckets) != sorted(set(self.buckets)):
@@ -130,29 +152,36 @@ class CapacityCurve:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch", tuple(self.batch))
-        object.__setattr__(self, "step_ms", tuple(float(x) for x in self.step_ms))
         if not isinstance(self.name, str) or not self.name.strip():
             raise CapacityError("capacity curve needs a non-empty name")
-        if self.kind not in KINDS:
-            raise CapacityError(f"capacity kind must be one of {KINDS}, got {self.kind!r}")
-        if self.interp not in ("linear", "step"):
-            raise CapacityError(f"capacity interp must be 'linear' or 'step', got {self.interp!r}")
+        if not all(_is_number(x) for x in self.step_ms):
+            raise CapacityError(f"capacity {self.name}: step times must be finite and > 0 ms")
+        object.__setattr__(self, "step_ms", tuple(float(x) for x in self.step_ms))
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise CapacityError(f"capacity kind must be one of {KINDS}, got {self.kind!r:.40}")
+        if not isinstance(self.interp, str) or self.interp not in ("linear", "step"):
+            raise CapacityError(f"capacity interp must be 'linear' or 'step', got {self.interp!r:.40}")
+        if len(self.batch) > MAX_POINTS:
+            raise CapacityError(f"capacity {self.name}: more than {MAX_POINTS} points")
+        if self.roofline is not None and not isinstance(self.roofline, Roofline):
+            raise CapacityError(f"capacity {self.name}: roofline must be a Roofline")
+        if not isinstance(self.meta, dict):
+            raise CapacityError(f"capacity {self.name}: meta must be a dict")
         if len(self.batch) != len(self.step_ms):
             raise CapacityError(f"capacity {self.name}: {len(self.batch)} batch sizes but "
                                 f"{len(self.step_ms)} step times")
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batch):
-            raise CapacityError(f"capacity {self.name}: batch sizes must be integers ≥ 1")
+        if not all(_is_int(b) for b in self.batch):
+            raise CapacityError(f"capacity {self.name}: batch sizes must be integers ≥ 1 (≤ {MAX_INT})")
         if list(self.batch) != sorted(set(self.batch)):
             raise CapacityError(f"capacity {self.name}: batch sizes must be strictly increasing")
         if any(not (math.isfinite(t) and t > 0) for t in self.step_ms):
             raise CapacityError(f"capacity {self.name}: step times must be finite and > 0 ms")
         if self.roofline is None and not self.batch:
             raise CapacityError(f"capacity {self.name}: a table curve needs at least one point")
-        if isinstance(self.requests, bool) or not isinstance(self.requests, int) or self.requests < 1:
-            raise CapacityError(f"capacity {self.name}: requests must be an integer ≥ 1")
-        if isinstance(self.context_len, bool) or not isinstance(self.context_len, int) \
-                or self.context_len < 0:
-            raise CapacityError(f"capacity {self.name}: context_len must be an integer ≥ 0")
+        if not _is_int(self.requests):
+            raise CapacityError(f"capacity {self.name}: requests must be an integer in [1, {MAX_INT}]")
+        if not _is_int(self.context_len, 0):
+            raise CapacityError(f"capacity {self.name}: context_len must be an integer in [0, {MAX_INT}]")
 
     # ------------------------------------------------------------------ evaluation
     def step_time_ms(self, B: np.ndarray | Sequence[int] | int) -> np.ndarray:
@@ -246,7 +275,9 @@ class CapacityCurve:
             if bad:
                 raise CapacityError(f"{where}: unknown roofline field {bad[0]!r}")
             try:
-                roof = Roofline(**{**roof, "buckets": tuple(roof.get("buckets", ()))})
+                roof = Roofline(**{**roof, "buckets": roof.get("buckets", ())})
+            except CapacityError as e:
+                raise CapacityError(f"{where}: {e}") from None
             except TypeError as e:
                 raise CapacityError(f"{where}: roofline: {e}") from None
         try:

@@ -19,6 +19,9 @@ Accounting per step: B = Σ_r (1 + ℓ_r) verify tokens, step time 1/SPS(B) from
 curve bound to R; committed tokens per request τ = min(n, ℓ) + 1 (τ counts the target token).
 Throughput = Σ τ / Σ time (tok/s); per-user speed = throughput / R (tok/s/user); verify
 budget = mean ℓ per request per step. Scheduler CPU time is measured but not charged.
+
+Caps: R ≤ ``MAX_LOAD`` concurrent requests and ≤ ``MAX_STEPS`` steps per simulation (the work is
+R × steps rounds in Python); larger values are a ``SimError``.
 """
 from __future__ import annotations
 
@@ -34,6 +37,11 @@ import torch
 from dspark_viz.decoding.decision import Decision, RequestView
 from dspark_viz.decoding.trace import Trace, TraceError
 from dspark_viz.errors import UserError
+
+
+MAX_LOAD = 4096  # concurrent requests R of one simulation (and of a live background)
+MAX_STEPS = 100_000  # engine steps of one simulation
+_SEED_MOD = 1 << 64  # torch generators take seeds below 2⁶⁴
 
 
 class SimError(UserError):
@@ -196,8 +204,9 @@ def simulate(pool: TracePool, policy, capacity, R: int, steps: int,
     ``capacity`` is the simulated hardware: it times every step and the policy decides on it
     (passed to ``decide``, overriding any curve the policy holds).
     """
-    if R < 1 or steps < 1:
-        raise SimError(f"simulate needs R ≥ 1 and steps ≥ 1, got R={R}, steps={steps}")
+    if not (1 <= R <= MAX_LOAD and 1 <= steps <= MAX_STEPS):
+        raise SimError(f"simulate needs 1 ≤ R ≤ {MAX_LOAD} and 1 ≤ steps ≤ {MAX_STEPS}, "
+                       f"got R={R}, steps={steps}")
     gen = gen if gen is not None else torch.Generator().manual_seed(0)
     cap = capacity.for_load(R) if hasattr(capacity, "for_load") else capacity
     if hasattr(policy, "reset"):
@@ -238,7 +247,7 @@ def sweep(pool: TracePool, policies: Sequence, capacity, loads: Sequence[int], s
     for R in loads:
         for pol in policies:
             out.append(simulate(pool, pol, capacity, int(R), steps,
-                                torch.Generator().manual_seed(seed + int(R))))
+                                torch.Generator().manual_seed((seed + int(R)) % _SEED_MOD)))
             if progress is not None:
                 progress(out[-1])
     return out
@@ -263,10 +272,10 @@ class SimulatedBackground:
     """
 
     def __init__(self, pool: TracePool, n_others: int, *, seed: int = 0) -> None:
-        if n_others < 0:
-            raise SimError(f"n_others must be ≥ 0, got {n_others}")
+        if not 0 <= n_others < MAX_LOAD:
+            raise SimError(f"n_others must be in [0, {MAX_LOAD - 1}], got {n_others}")
         self.pool, self.n_others = pool, int(n_others)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.gen = torch.Generator().manual_seed(seed % _SEED_MOD)
         self._rep = _Replay(pool, self.n_others, self.gen) if n_others else None
         self.steps = self.tokens = self.accepted = self.verified = 0
         self.sim_time_s = 0.0
@@ -293,4 +302,4 @@ class SimulatedBackground:
 
 
 __all__ = ["TracePool", "PoolRound", "SimResult", "SimError", "simulate", "sweep", "frontier",
-           "SimulatedBackground"]
+           "SimulatedBackground", "MAX_LOAD", "MAX_STEPS"]

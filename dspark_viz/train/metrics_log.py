@@ -16,13 +16,18 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _lines_up_to(path: Path, step: int) -> list[str]:
+    """The records of steps ≤ ``step``; a line that is not one (torn by a kill, not UTF-8, not
+    JSON, not an object with an integer step) is dropped."""
     keep = []
-    for line in path.read_text().splitlines():
+    for raw in path.read_bytes().split(b"\n"):
         try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            pass
+            line = raw.decode("utf-8")
+            rec = json.loads(line)  # NaN allowed: a diverged run logs it
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            continue
+        s = rec.get("step", 0) if isinstance(rec, dict) else None
+        if isinstance(s, int) and not isinstance(s, bool) and s <= step:
+            keep.append(line.rstrip("\r"))
     return keep
 
 

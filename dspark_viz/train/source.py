@@ -18,6 +18,9 @@ import torch
 from dspark_viz.data.cache import compute_item
 from dspark_viz.data.corpus import draft_vocab_from_counts
 from dspark_viz.data.regenerate import loss_mask_of
+from dspark_viz.train.config import TrainError
+
+SEED_MOD = 1 << 64  # torch generators take seeds below 2⁶⁴; derived seeds are reduced (unchanged below it)
 
 
 class Source(Protocol):
@@ -51,6 +54,10 @@ class OnlineSource:
 
     def __init__(self, samples: list[dict], target, layer_ids: tuple[int, ...], max_len: int) -> None:
         self.target, self.layer_ids = target, tuple(layer_ids)
+        for i, s in enumerate(samples):  # ids outside the vocabulary would fail mid-run
+            if not all(isinstance(t, int) and 0 <= t < target.vocab_size for t in s["input_ids"]):
+                raise TrainError(f"sample {str(s.get('id', i))[:60]!r} holds token ids outside the "
+                                 f"target vocabulary of {target.vocab_size}")
         self.rows = [(str(s["id"]), torch.tensor(s["input_ids"][:max_len]),
                       torch.tensor(loss_mask_of(s)[:max_len]).bool()) for s in samples]
 
@@ -105,14 +112,14 @@ class DataOrder:
     def __call__(self, p: int) -> int:
         epoch, r = divmod(p, self.n)
         if epoch not in self._perm:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            g = torch.Generator().manual_seed((self.seed * 7919 + epoch) % SEED_MOD)
             self._perm = {epoch: torch.randperm(self.n, generator=g)}
         return int(self._perm[epoch][r])
 
 
 def anchor_gen(seed: int, step: int, i: int) -> torch.Generator:
     """The generator of the anchors of the i-th sequence of global step ``step``."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 100_003 + i)
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 100_003 + i) % SEED_MOD)
 
 
 def build_draft_vocab(source: Source, size: int, target) -> list[int]:

@@ -20,6 +20,7 @@ This module also re-exports the names callers used when training was one module
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -31,8 +32,7 @@ from dspark_viz.config import DrafterConfig
 from dspark_viz.drafter.model import DSparkDrafter, check_compatible
 from dspark_viz.io import write_json_atomic
 from dspark_viz.train.anchors import anchor_candidates, block_targets, pack, sample_anchors, walk_anchors
-from dspark_viz.train.checkpoint import (check_resumable, latest_checkpoint, load_checkpoint,
-                                         save_checkpoint)
+from dspark_viz.train.checkpoint import clean_run_dir, resume, save_checkpoint, save_drafter
 from dspark_viz.train.config import (TrainConfig, TrainError, drafter_config, lr_at,
                                      resolve_config, target_preset_for)
 from dspark_viz.train.distributed import (Dist, all_reduce, barrier, broadcast_parameters,
@@ -119,13 +119,13 @@ def _initial_drafter(cfg: TrainConfig, dcfg: DrafterConfig, target, source: Sour
     return drafter
 
 
-def _resume(out: Path, cfg: TrainConfig, drafter: DSparkDrafter, opt) -> int:
-    """The step to start from: the newest complete checkpoint's (loaded), else 0."""
-    last = latest_checkpoint(out)
-    if last is None:
-        return 0
-    check_resumable(last, cfg, out)
-    return load_checkpoint(last, drafter, opt)
+def _resume(out: Path, cfg: TrainConfig, drafter: DSparkDrafter, opt, d: Dist) -> int:
+    """The step to start from: the newest readable checkpoint's (loaded; an unreadable newer one
+    is skipped with a one-line warning on stderr), else 0."""
+    def warn(msg: str) -> None:
+        if d.main:
+            print(msg, file=sys.stderr, flush=True)
+    return resume(out, cfg, drafter, opt, warn=warn)
 
 
 def _conf_round_anchors(drafter, target, source: Source, cfg: TrainConfig, chunk: int, d: Dist,
@@ -149,7 +149,10 @@ def _set_up(target, source: Source, out: Path, cfg: TrainConfig, dcfg: DrafterCo
     drafter = _initial_drafter(cfg, dcfg, target, source, init, draft_vocab)
     params = [p for p in drafter.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    start = _resume(out, cfg, drafter, opt)
+    if d.main:  # what a killed run left: temporaries, half-written step directories
+        clean_run_dir(out)
+    barrier(d)
+    start = _resume(out, cfg, drafter, opt, d)
     broadcast_parameters(drafter, d)  # every rank starts from rank 0's weights
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +319,7 @@ def _save_drafter(run: _Run, done: int, stopped: int | None) -> None:
     extra = {"step": str(done)} | ({"stopped_at_deadline": "true", "planned_steps": str(cfg.steps)}
                                    if stopped is not None else {}) \
         | ({"conf_anchors": cfg.conf_anchors} if cfg.conf_anchors != "uniform" else {})
-    drafter.save_pretrained(run.out / "drafter", extra=extra)
+    save_drafter(run.out, drafter, extra)
 
 
 def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, *,

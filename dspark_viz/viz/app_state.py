@@ -49,6 +49,8 @@ class Explorer:
     carry: float = 0.0  # fractional rounds owed by play ticks
     playing: bool = False
     big: bool = False  # presentation mode
+    history: bool = False  # text panel: every round's drafts inline instead of the clean output
+    export_dir: str | None = None  # this session's latest export folder (the app deletes the previous)
 
     @property
     def main(self) -> Lane:

@@ -21,10 +21,12 @@ import plotly.graph_objects as go
 
 from dspark_viz.decoding.trace import TAU_CONVENTION, Round, Trace
 from dspark_viz.eval.metrics import DEFINITIONS, position_stats
+from dspark_viz.viz.tokens import appended_fate, round_no
 
 COLORS = {"accepted": "#2e7d32", "rejected": "#c62828", "dropped": "#9e9e9e",
           "correction": "#ef6c00", "bonus": "#1565c0", "raw": "#90caf9", "cal": "#1565c0",
-          "p_t": "#6a1b9a", "p_d": "#00897b", "ratio": "#212121", "u": "#ef6c00"}
+          "p_t": "#6a1b9a", "p_d": "#00897b", "ratio": "#212121", "u": "#ef6c00",
+          "live": "#6a1b9a"}  # live: the request a trace follows, among the R of a batch
 
 
 # a compact white template (the named plotly templates would need validation to resolve)
@@ -36,6 +38,9 @@ TEMPLATE = {"layout": {"xaxis": _AX, "yaxis": _AX, "hoverlabel": {"align": "left
 # the notebooks' own figures (validated plotly figures): a named template, one colour per run
 NOTEBOOK_TEMPLATE = "plotly_white"
 PALETTE = ("#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00897b", "#5d4037")
+# a horizontal legend at the very bottom of the figure, below the x-axis titles (with a bottom
+# margin of about 110 px for one or two rows of entries)
+BOTTOM_LEGEND = {"orientation": "h", "yref": "container", "y": 0.01, "yanchor": "bottom", "x": 0}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -146,9 +151,11 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
     """Per draft position: backbone top candidates, Markov bias, corrected top candidates.
 
     Three stacked heatmaps share the position axis; cell text is the candidate token and its
-    probability (T = 1) or bias. The sampled token x_k is circled in the corrected block;
-    ★ marks positions where the Markov head changed the top-1 choice; tick labels carry the
-    fate of x_k (✓ accepted, ✗ rejected, · discarded after a rejection, – dropped).
+    probability (T = 1) or bias. The sampled token x_k is boxed in the corrected block — when
+    sampling drew it from outside the ``top`` corrected candidates, in one more row below them
+    (its rank and the probability it was drawn with); ★ marks positions where the Markov head
+    changed the top-1 choice; tick labels carry the fate of x_k (✓ accepted, ✗ rejected,
+    · discarded after a rejection, – dropped).
     """
     title = "Draft block"
     r = _round(trace, i)
@@ -161,19 +168,22 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
     tick = [f"x{k} {_FATE_MARK[f]}" + (" ★" if c else "")
             for k, f, c in zip(xs, fates, markov_changed(r))]
     rows = _draft_rows(any(d.boosted or d.suppressed for d in r.draft))
-    sizes = [2 * n_bias if kind == "bias" else top for kind, _ in rows]
-    lay = _layout(f"{title} — round {r.index} (γ={len(r.draft)}, ℓ={len(r.verify)}, accepted "
+    outside = any(_sampled_rank(d, top) is None for d in r.draft)  # x_k beyond the top rows
+    sizes = [2 * n_bias if kind == "bias" else top + (kind == "corr" and outside)
+             for kind, _ in rows]
+    lay = _layout(f"{title} — round {round_no(r)} (γ={len(r.draft)}, ℓ={len(r.verify)}, accepted "
                   f"{r.n_accepted})", big, 160 + 38 * sum(sizes), showlegend=False)
     lay["margin"]["l"] = 150 if not big else 200
     data: list[dict] = []
     for ri, ((kind, label), domain) in enumerate(zip(rows, _stacked_domains(sizes))):
         ax = "" if ri == 0 else str(ri + 1)
-        lay[f"yaxis{ax}"] = _draft_yaxis(kind, label, domain, top, n_bias, big)
+        extra = kind == "corr" and outside
+        lay[f"yaxis{ax}"] = _draft_yaxis(kind, label, domain, top, n_bias, big, extra)
         lay[f"xaxis{ax}"] = {"anchor": f"y{ax}", "tickvals": xs, "ticktext": tick,
                              "showticklabels": ri == len(rows) - 1, "showgrid": False,
                              "matches": "x" if ri else None}
         cells = _bias_cells(trace, r, n_bias) if kind == "bias" else \
-            _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top)
+            _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top, extra)
         data.append(_draft_heatmap(kind, xs, cells, ax, big))
         if kind == "corr":
             data.append(_sampled_marks(r, fates, top, ax, big))
@@ -207,9 +217,10 @@ def _stacked_domains(sizes: list[int], gap: float = 0.06) -> list[list[float]]:
 
 
 def _draft_yaxis(kind: str, label: str, domain: list[float], top: int, n_bias: int,
-                 big: bool) -> dict:
+                 big: bool, extra: bool = False) -> dict:
     ticks = ([f"▲{j + 1}" for j in range(n_bias)] + [f"▼{j + 1}" for j in range(n_bias)]
-             if kind == "bias" else [f"#{j + 1}" for j in range(top)])
+             if kind == "bias" else [f"#{j + 1}" for j in range(top)]
+             + ([f"x_k: #{top + 1}+"] if extra else []))
     return {"domain": domain, "autorange": "reversed", "showgrid": False,
             "title": {"text": label, "font": {"size": 16 if big else 12}},
             "tickvals": list(range(len(ticks))), "ticktext": ticks}
@@ -226,18 +237,35 @@ def _cells(r: Round, n_rows: int, pick, fmt):
     return z, txt, hov
 
 
-def _topk_cells(trace: Trace, r: Round, attr: str, top: int):
-    """The top candidates ``attr`` (base or corrected) of each x_k, by rank."""
+def _sampled_rank(d, top: int) -> int | None:
+    """0-based rank of the sampled x_k among the first ``top`` corrected candidates, or None."""
+    ranks = [c.token for c in d.corrected_topk[:top]]
+    return ranks.index(d.token) if d.token in ranks else None
+
+
+def _topk_cells(trace: Trace, r: Round, attr: str, top: int, extra: bool = False):
+    """The top candidates ``attr`` (base or corrected) of each x_k, by rank; with ``extra`` one
+    more row holding x_k where it was sampled from outside those ``top`` (else empty)."""
     def pick(d, rank):
+        if rank == top:  # the extra row: only the x_k drawn from beyond the top rows
+            return None if _sampled_rank(d, top) is not None else d
         cands = getattr(d, attr)
         return cands[rank] if rank < len(cands) else None
 
     def fmt(d, rank, c):
+        if rank == top:
+            recorded = [t.token for t in d.corrected_topk]
+            where = (f"rank {recorded.index(d.token) + 1}" if d.token in recorded
+                     else f"below the recorded top {len(recorded)}")
+            tok = plain_token(trace.token_text(d.token), 8)
+            return (d.p_d, f"{tok}<br>{d.p_d:.0%}" if d.p_d >= 0.005 else f"{tok}<br>&lt;1%",
+                    f"x{d.k} sampled from {where}: {plain_token(trace.token_text(d.token), 30)} "
+                    f"(id {d.token}) drawn with p_d={d.p_d:.4f}")
         tok = plain_token(trace.token_text(c.token), 8)
         return (c.prob, f"{tok}<br>{c.prob:.0%}" if c.prob >= 0.005 else f"{tok}<br>&lt;1%",
                 f"x{d.k} rank {rank + 1}: {plain_token(trace.token_text(c.token), 30)} "
                 f"(id {c.token}) p={c.prob:.4f} logit={c.logit:.2f}")
-    return _cells(r, top, pick, fmt)
+    return _cells(r, top + extra, pick, fmt)
 
 
 def _bias_cells(trace: Trace, r: Round, n_bias: int):
@@ -267,12 +295,12 @@ def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool) -> dict:
 
 
 def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool) -> dict:
-    """A box around the sampled x_k where it appears among the corrected top candidates."""
+    """A box around every sampled x_k: at its rank among the corrected top candidates, or in
+    the extra row below them when it was drawn from further down."""
     mx, my, mc = [], [], []
     for d, f in zip(r.draft, fates):
-        ranks = [c.token for c in d.corrected_topk[:top]]
-        if d.token in ranks:
-            mx.append(d.k), my.append(ranks.index(d.token)), mc.append(COLORS.get(f, "#616161"))
+        rank = _sampled_rank(d, top)
+        mx.append(d.k), my.append(top if rank is None else rank), mc.append(COLORS.get(f, "#616161"))
     return {"type": "scatter", "x": mx, "y": my, "mode": "markers",
             "marker": {"symbol": "square-open", "size": 44 if big else 34, "color": mc,
                        "line": {"width": 3}},
@@ -314,7 +342,7 @@ def confidence_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
     shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": ell + 0.5, "x1": ell + 0.5,
                    "y0": 0, "y1": 1, "line": {"color": "#2e7d32", "width": 2, "dash": "dash"}})
     cal = "calibrated" if trace.meta.calibrated else "calibration off / not fitted (raw = calibrated)"
-    lay = _layout(_title2(f"{title} — round {r.index}: chosen ℓ = {ell}", cal), big, 400,
+    lay = _layout(_title2(f"{title} — round {round_no(r)}: chosen ℓ = {ell}", cal), big, 400,
                   barmode="group", shapes=shapes,
                   xaxis={"title": {"text": "draft position k (✓ acc. ✗ rej. · – not kept)"},
                          "tickvals": xs, "range": [0.4, len(xs) + 0.6]},
@@ -335,8 +363,8 @@ def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
         return message_figure(title, "no round yet: press Step", big=big)
     if not r.verify:
         tgt = trace.token_text(r.appended) if r.appended is not None else "—"
-        return message_figure(title, f"round {r.index}: ℓ = 0 verified; target token "
-                                     f"{plain_token(tgt, 20)} ({r.appended_kind})", big=big)
+        return message_figure(title, f"round {round_no(r)}: ℓ = 0 verified; target token "
+                                     f"{plain_token(tgt, 20)} (a plain target step)", big=big)
     xs = [v.k for v in r.verify]
     dec = []
     for k, v in enumerate(r.verify):
@@ -371,8 +399,8 @@ def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
     rule = ("T = 0: accept while x_k equals the target argmax" if greedy else
             "accept x_k with probability min(1, p_t/p_d); first rejection → residual sample")
     tick = [f"x{v.k}<br>{plain_token(trace.token_text(v.token), 8)}" for v in r.verify]
-    lay = _layout(_title2(f"{title} — round {r.index}: {r.n_accepted}/{len(r.verify)} accepted, τ = {r.tau}",
-                          f"then {r.appended_kind} '{app_txt}' · ✓ accepted ✗ rejected · not reached"),
+    lay = _layout(_title2(f"{title} — round {round_no(r)}: {r.n_accepted}/{len(r.verify)} accepted, τ = {r.tau}",
+                          f"then {appended_fate(r)} '{app_txt}' · ✓ accepted ✗ rejected · not reached"),
                   big, 400, barmode="group",
                   xaxis={"tickvals": xs, "ticktext": tick, "range": [0.4, len(xs) + 0.6]},
                   yaxis={"title": {"text": "probability"}, "range": [0, 1.2]})
@@ -395,7 +423,7 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
     if r is None or r.schedule is None:
         return message_figure(title, "no round yet: press Step", big=big)
     s = r.schedule
-    head = _title2(f"{title} — round {r.index}: {s.policy}, R = {s.load}, ℓ = {s.ell}",
+    head = _title2(f"{title} — round {round_no(r)}: {s.policy}, R = {s.load}, ℓ = {s.ell}",
                    f"stop: {s.stop[:70]}{' · lossless' if s.lossless else ' · NOT lossless'}")
     if not s.path:
         expl = {"fixed": "a fixed policy verifies ℓ = min(N, budget) with no admission search",
@@ -403,27 +431,13 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
                 "forced": "what-if: ℓ forced by the user",
                 "plain decoding": "plain decoding: no draft to schedule"}.get(s.stop, s.stop)
         return message_figure(head, expl, big=big, height=300)
-    path = s.path
+    path = _thinned(s.path)  # a figure's points never follow the trace's numbers
     data: list[dict] = []
-    adm = [p for p in path if p.admitted]
-    rej = [p for p in path if not p.admitted]
+    adm = [p for p in s.path if p.admitted]
     data.append({"type": "scatter", "x": [p.B for p in path], "y": [p.theta for p in path],
                  "mode": "lines", "line": {"color": "#90a4ae"}, "showlegend": False,
                  "hoverinfo": "skip", "xaxis": "x", "yaxis": "y"})
-    data.append({"type": "scatter", "x": [p.B for p in adm], "y": [p.theta for p in adm],
-                 "mode": "markers", "name": "admitted (r, j)",
-                 "marker": {"color": [COLORS["accepted"] if p.r == r.request else "#81c784" for p in adm],
-                            "size": 9},
-                 "text": [f"r={p.r} j={p.j} a={p.a:.3f} τ*={p.tau:.2f}" for p in adm],
-                 "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.1f}<extra></extra>",
-                 "xaxis": "x", "yaxis": "y"})
-    if rej:
-        data.append({"type": "scatter", "x": [p.B for p in rej], "y": [p.theta for p in rej],
-                     "mode": "markers", "name": "first non-improvement (stop)",
-                     "marker": {"color": COLORS["rejected"], "symbol": "x", "size": 13},
-                     "text": [f"r={p.r} j={p.j} a={p.a:.3f} τ*={p.tau:.2f}" for p in rej],
-                     "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.1f}<extra></extra>",
-                     "xaxis": "x", "yaxis": "y"})
+    data += _path_markers(path, r.request, s.stop)
     b_final = adm[-1].B if adm else s.load
     lay = _layout(head, big, 380, xaxis={"title": {"text": "verify batch B (tokens)"},
                                          "domain": [0, 0.55] if sps else [0, 1]},
@@ -436,9 +450,57 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
     return _fig(data, lay)
 
 
+def _path_markers(path, live: int, stop: str) -> list[dict]:
+    """Markers of the admission path: admitted candidates of the traced request and of the
+    others, the first refused candidate (where Algorithm 1 stops: its first non-improvement)
+    and any further ones a policy recorded (not admitted)."""
+    adm = [p for p in path if p.admitted]
+    refused = [p for p in path if not p.admitted]
+    mine = [p for p in adm if p.r == live]
+    others = [p for p in adm if p.r != live]
+    first = ("first non-improvement (Algorithm 1 stops)" if stop.startswith("no improvement")
+             else "first candidate not admitted")
+    groups = [(mine, f"admitted: this request (r = {live})" if others else "admitted (r, j)",
+               {"color": COLORS["live"] if others else COLORS["accepted"], "symbol": "diamond", "size": 12}),
+              (others, "admitted: the other requests", {"color": "#a5d6a7", "size": 8}),
+              (refused[:1], first, {"color": COLORS["rejected"], "symbol": "x", "size": 13}),
+              (refused[1:], "not admitted", {"color": "#bdbdbd", "symbol": "circle-open", "size": 7})]
+    return [{"type": "scatter", "x": [p.B for p in pts], "y": [p.theta for p in pts],
+             "mode": "markers", "name": name, "marker": marker,
+             "text": [f"r={p.r} j={p.j} a={p.a:.3g} τ*={p.tau:.2f}" for p in pts],
+             "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.5g}<extra></extra>",
+             "xaxis": "x", "yaxis": "y"}
+            for pts, name, marker in groups if pts]
+
+
+MAX_FIGURE_POINTS = 2000  # points one admission-path figure draws, whatever the trace holds
+SPS_SAMPLES = 512  # points of an SPS(B) line: every B of a short range, else log-spaced
+
+
+def _thinned(path: list) -> list:
+    """At most about ``MAX_FIGURE_POINTS`` steps of an admission path, evenly spaced, always
+    with the last admitted and the first refused step (the markers that explain the stop)."""
+    if len(path) <= MAX_FIGURE_POINTS:
+        return path
+    keep = set(range(0, len(path), -(-len(path) // MAX_FIGURE_POINTS))) | {len(path) - 1}
+    keep |= {i for i in (max((i for i, p in enumerate(path) if p.admitted), default=None),
+                         next((i for i, p in enumerate(path) if not p.admitted), None))
+             if i is not None}
+    return [path[i] for i in sorted(keep)]
+
+
+def _sampled(bs: range, n: int = SPS_SAMPLES) -> list[int]:
+    """Every B of ``bs``, or ``n`` log-spaced ones when it is longer (B may be in the millions)."""
+    if len(bs) <= n:
+        return list(bs)
+    lo, hi = max(1, bs.start), bs[-1]
+    return sorted({lo, hi} | {int(round(lo * (hi / lo) ** (i / (n - 1)))) for i in range(n)})
+
+
 def _capacity_traces(sps, bs: range, b_final: int) -> list[dict]:
-    """SPS(B) over ``bs`` and the operating point at ``b_final`` (where the curve is known)."""
-    pts = [(b, sps(b)) for b in bs]
+    """SPS(B) over ``bs`` (sampled: ``_sampled``) and the operating point at ``b_final``
+    (where the curve is known)."""
+    pts = [(b, sps(b)) for b in _sampled(bs)]
     pts = [(b, float(y)) for b, y in pts if y is not None]  # a recorded curve ends somewhere
     op = sps(b_final)
     return [{"type": "scatter", "x": [b for b, _ in pts], "y": [y for _, y in pts],
@@ -458,7 +520,7 @@ def tau_figure(trace: Trace, upto: int, *, big: bool = False, others: list[Trace
     rounds = trace.rounds[:upto]
     if not rounds:
         return message_figure(title, "no round yet: press Step", big=big)
-    xs = [r.index for r in rounds]
+    xs = [round_no(r) for r in rounds]
     acc = [min(r.n_accepted, len(r.committed)) for r in rounds]
     tgt = [len(r.committed) - a for r, a in zip(rounds, acc)]
     run, tot = [], 0
@@ -474,7 +536,9 @@ def tau_figure(trace: Trace, upto: int, *, big: bool = False, others: list[Trace
          "mode": "markers", "marker": {"symbol": "line-ew-open", "size": 16, "color": "#1565c0"}},
     ]
     lay = _layout(_title2(f"{title}: mean {run[-1]:.2f} over {len(rounds)} rounds", "τ = accepted drafts + 1 target token"), big, 360,
-                  barmode="stack", xaxis={"title": {"text": "round"}},
+                  barmode="stack",
+                  xaxis={"title": {"text": "round"}, "tickmode": "linear", "tick0": 1,
+                         "dtick": max(1, math.ceil(len(rounds) / 12))},  # whole rounds only
                   yaxis={"title": {"text": "tokens committed"}, "rangemode": "tozero"})
     return _fig(data, lay)
 
@@ -570,6 +634,11 @@ def metrics_html(lanes: list[tuple[str, Trace, int]], *, big: bool = False) -> s
             f'<div style="color:#616161">{html.escape(TAU_CONVENTION)}</div></div>')
 
 
+def _appended_label(r: Round) -> str:
+    kind = appended_fate(r)
+    return "target token (ℓ = 0: a plain step)" if kind == "target" and r.draft else html.escape(kind)
+
+
 def round_summary_html(trace: Trace, i: int) -> str:
     """One line about round i: anchor, ℓ, accepted, appended token and timings."""
     r = _round(trace, i)
@@ -578,13 +647,13 @@ def round_summary_html(trace: Trace, i: int) -> str:
     t = r.timings
     anchor = plain_token(trace.token_text(r.anchor), 20)
     app = plain_token(trace.token_text(r.appended), 20) if r.appended is not None else "—"
-    return (f"<div>round <b>{r.index}</b> · anchor x0 = '<code>{anchor}</code>' · drafted {len(r.draft)} · "
-            f"verified ℓ = {len(r.verify)} · accepted {r.n_accepted} · then {html.escape(r.appended_kind)} "
+    return (f"<div>round <b>{round_no(r)}</b> · anchor x0 = '<code>{anchor}</code>' · drafted {len(r.draft)} · "
+            f"verified ℓ = {len(r.verify)} · accepted {r.n_accepted} · then {_appended_label(r)} "
             f"'<code>{app}</code>' · τ = {r.tau} · dropped {len(r.dropped)} · "
             f"draft {t.draft_ms:.0f} ms + Markov {t.markov_ms:.0f} ms + schedule {t.schedule_ms:.1f} ms "
             f"+ verify {t.verify_ms:.0f} ms = {t.total_ms:.0f} ms</div>")
 
 
-__all__ = ["COLORS", "PALETTE", "NOTEBOOK_TEMPLATE", "plain_token", "message_figure", "position_fates", "markov_changed",
+__all__ = ["COLORS", "PALETTE", "NOTEBOOK_TEMPLATE", "BOTTOM_LEGEND", "plain_token", "message_figure", "position_fates", "markov_changed",
            "draft_block_figure", "confidence_figure", "verify_figure", "admission_figure",
            "tau_figure", "position_figure", "run_stats", "metrics_html", "round_summary_html", "METRIC_DEFS"]

@@ -68,8 +68,9 @@ def _by_policy(results: Sequence) -> dict[str, list]:
 
 
 def load_sweep_figure(results: Sequence, *, title: str = "Under load") -> go.Figure:
-    """Three panels vs concurrency R: throughput, per-user speed, mean verify budget."""
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
+    """Three panels vs concurrency R: throughput, per-user speed, mean verify budget; every row
+    has the same log x-axis with its tick labels (markers added on any row sit where it reads)."""
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.1,
                         subplot_titles=("aggregate throughput (tok/s)",
                                         "per-user speed (tok/s/user)",
                                         "verify budget (mean ℓ per request)"))
@@ -79,9 +80,12 @@ def load_sweep_figure(results: Sequence, *, title: str = "Under load") -> go.Fig
         for row, key in ((1, "throughput"), (2, "per_user"), (3, "budget")):
             fig.add_trace(go.Scatter(x=R, y=[getattr(r, key) for r in rs], mode="lines+markers",
                                      name=pol, legendgroup=pol, showlegend=row == 1,
-                                     line=dict(color=color)), row=row, col=1)
-    fig.update_xaxes(type="log", title_text="concurrent requests R", row=3, col=1)
-    fig.update_layout(title=f"{title}  ({TAU_NOTE})", template="plotly_white", height=820)
+                                     **_style(i, color)), row=row, col=1)
+    ticks = sorted({r.R for r in results})
+    for row in (1, 2, 3):  # every row: the same log axis, labelled (shared x ticks alone hide them)
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[str(t) for t in ticks],
+                         showticklabels=True, title_text="concurrent requests R", row=row, col=1)
+    fig.update_layout(title=f"{title}  ({TAU_NOTE})", template="plotly_white", height=900)
     return fig
 
 
@@ -93,12 +97,21 @@ def frontier_figure(results: Sequence, *,
         fig.add_trace(go.Scatter(x=[r.per_user for r in rs], y=[r.throughput for r in rs],
                                  mode="lines+markers+text", name=pol,
                                  text=[f"R={r.R}" for r in rs], textposition="top center",
-                                 line=dict(color=_COLORS[i % len(_COLORS)])))
+                                 **_style(i, _COLORS[i % len(_COLORS)])))
     fig.update_layout(title=title, xaxis_title="per-user speed (tok/s/user)",
                       yaxis_title="aggregate throughput (tok/s)", template="plotly_white")
     return fig
 
 
 _COLORS = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
+_DASH = ("solid", "dash", "dot", "dashdot", "longdash", "solid", "dash")
+_SYMBOL = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star")
+
+
+def _style(i: int, color: str) -> dict:
+    """Line and marker of the i-th policy: colour, dash, symbol and a width that shrinks with
+    i, so a policy whose numbers equal an earlier one's is drawn inside it, not hidden."""
+    return {"line": dict(color=color, dash=_DASH[i % len(_DASH)], width=max(1.5, 4.5 - 0.8 * i)),
+            "marker": dict(symbol=_SYMBOL[i % len(_SYMBOL)], size=max(6, 12 - 1.5 * i), color=color)}
 
 __all__ = ["capacity_figure", "admission_path_figure", "load_sweep_figure", "frontier_figure"]

@@ -10,6 +10,7 @@ Adding a panel is one render function (a figure or HTML builder of ``viz.figures
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 from dataclasses import dataclass
 from typing import Callable
@@ -17,8 +18,9 @@ from typing import Callable
 from dspark_viz.config import ConfigError
 from dspark_viz.decoding.trace import Trace
 from dspark_viz.errors import UserError
-from dspark_viz.load.capacity import resolve_capacity
+from dspark_viz.load.capacity import get_curve, preset_names
 from dspark_viz.viz import figures as F
+from dspark_viz.viz import text_view as TV
 from dspark_viz.viz import tokens as T
 from dspark_viz.viz.app_state import Explorer
 
@@ -40,6 +42,7 @@ class View:
     lanes: tuple[LaneView, ...]
     big: bool = False  # presentation mode (larger fonts)
     sps: Callable[[int], float | None] | None = None  # SPS(B) for the scheduler panel, or None
+    history: bool = False  # text panel: every round's drafts inline (else the clean output)
 
     @property
     def main(self) -> LaneView:
@@ -59,16 +62,18 @@ def trace_sps(trace: Trace) -> Callable[[int], float | None] | None:
     """SPS(B) of the curve the trace's policy decided on, or None (a policy without a curve).
 
     Version-2 traces carry the curve (``meta.capacity_curve``); for a version-1 trace the curve
-    is found by its recorded name, bound to the trace's load (None when it is not known here).
+    is found by its recorded name among the named presets, bound to the trace's load (None when
+    it is not one: a trace never makes the server read a file it names).
     """
     sample = trace.meta.capacity_curve
     if sample is not None:
         return sample.sps_at
-    if not trace.meta.capacity:
+    name = trace.meta.capacity.strip().lower()
+    if name not in preset_names():  # e.g. a profiled curve of another machine, or a path
         return None
     try:
-        return resolve_capacity(trace.meta.capacity).for_load(max(1, trace.meta.load)).sps
-    except UserError:  # e.g. a profiled curve of another machine
+        return get_curve(name).for_load(max(1, trace.meta.load)).sps
+    except UserError:
         return None
 
 
@@ -77,7 +82,8 @@ def view_of(ex: Explorer, *, big: bool | None = None, sps=None) -> View:
     to the capacity curve recorded in the main lane's trace)."""
     return View(tuple(LaneView(l.name, l.label, l.trace, ex.upto(l)) for l in ex.lanes),
                 big=ex.big if big is None else bool(big),
-                sps=sps if sps is not None else trace_sps(ex.main.trace))
+                sps=sps if sps is not None else trace_sps(ex.main.trace),
+                history=bool(getattr(ex, "history", False)))
 
 
 @dataclass(frozen=True)
@@ -103,9 +109,37 @@ class Panel:
         return self.file or self.name
 
 
-def _lane_html(lane: LaneView) -> str:
-    return (f'<div class="dsv-lane"><h4>{html.escape(lane.label)}</h4>'
-            f"{T.tokens_html(lane.trace, lane.upto)}</div>")
+MAX_SHOWN_ROUNDS = 1000  # rounds the text and τ panels draw (the latest): never what a trace says
+
+
+def _window(trace: Trace, upto: int) -> tuple[Trace, int, int]:
+    """(trace to draw, rounds of it to show, rounds left out): the whole trace, or one holding
+    only the last ``MAX_SHOWN_ROUNDS`` rounds shown (numbered as in the trace), its text
+    starting from the anchor before them."""
+    upto = max(0, min(upto, len(trace.rounds)))
+    skip = upto - MAX_SHOWN_ROUNDS
+    if skip <= 0:
+        return trace, upto, 0
+    meta = dataclasses.replace(trace.meta, prompt="", first_token=trace.rounds[skip].anchor)
+    return dataclasses.replace(trace, meta=meta, rounds=trace.rounds[skip:upto]), MAX_SHOWN_ROUNDS, skip
+
+
+def _lane_html(lane: LaneView, history: bool = False) -> str:
+    """One lane's text: the clean output and the current round's discarded drafts (default), or
+    with ``history`` every round's drafts inline (``viz.tokens``)."""
+    trace, upto, skip = _window(lane.trace, lane.upto)
+    note = (f'<div class="dsv-warn">… {skip} earlier rounds not shown (the text shows the last '
+            f"{MAX_SHOWN_ROUNDS})</div>" if skip else "")
+    body = T.tokens_html(trace, upto) if history else TV.clean_html(trace, upto)
+    return f'<div class="dsv-lane"><h4>{html.escape(lane.label)}</h4>{note}{body}</div>'
+
+
+def _other_lanes(v: View) -> str:
+    """The comparison lanes side by side, one column each."""
+    if len(v.lanes) < 2:
+        return ""
+    cols = "".join(f'<div class="dsv-lane-col">{_lane_html(l, v.history)}</div>' for l in v.lanes[1:])
+    return f'<div class="dsv-lanes-row">{cols}</div>'
 
 
 def _summary(v: View) -> str:
@@ -113,32 +147,125 @@ def _summary(v: View) -> str:
         "<div>after prefill: press Step or Play</div>"
 
 
+def _headline(v: View) -> str:
+    """The numbers a talk leads with: tokens per target pass per lane (exact, machine-independent),
+    wall-clock speedup beside it (noisy: a shared CPU's timings swing between runs)."""
+    stats = {l.name: F.run_stats(l.trace, l.upto) for l in v.lanes}
+    plain = stats.get("plain")
+    items = []
+    for name, s in stats.items():
+        tpp = s["tokens_per_forward"]
+        item = f"<b>{html.escape(name)}</b>: <b>{tpp:.2f}</b> tokens / target pass" if tpp == tpp \
+            else f"<b>{html.escape(name)}</b>: – tokens / target pass"
+        if plain and name != "plain" and plain["tokens_per_s"] and s["tokens_per_s"] == s["tokens_per_s"]:
+            item += (f' <span class="dsv-noisy">(wall clock {s["tokens_per_s"] / plain["tokens_per_s"]:.2f}× '
+                     "vs plain — noisy on a shared CPU)</span>")
+        items.append(item)
+    return '<div class="dsv-headline">' + " · ".join(items) + "</div>"
+
+
 def _metrics(v: View) -> str:
-    return F.metrics_html([(l.name, l.trace, l.upto) for l in v.lanes], big=v.big)
+    return _headline(v) + F.metrics_html([(l.name, l.trace, l.upto) for l in v.lanes], big=v.big)
+
+
+SCHEDULER_TERMS = (
+    ("R", "concurrent requests sharing one verify step (simulated load)"),
+    ("(r, j)", "candidate j (draft position) of request r; admitted by descending a"),
+    ("a", "prefix survival a_j = c_1·…·c_j: the chance drafts 1..j all survive"),
+    ("B", "tokens in the verify batch: R anchors + every admitted draft"),
+    ("SPS(B)", "engine steps per second at batch B (the capacity curve)"),
+    ("τ*", "expected accepted tokens per request: 1 + Σ of the admitted a"),
+    ("Θ", "expected throughput τ*·SPS(B); admission stops at its first non-improvement"),
+)
+
+
+def _scheduler_terms(v: View) -> str:
+    """The scheduler panel's vocabulary, and which policies react to R at all."""
+    pol = ""
+    if v.i >= 0 and v.trace.rounds[v.i].schedule is not None:
+        s = v.trace.rounds[v.i].schedule
+        pol = (f"<b>{html.escape(s.policy)}</b> at R = {s.load}: "
+               + ("a fixed ℓ — only the hardware-aware and async policies react to R; try "
+                  "'demo under load'. " if not s.path else ""))
+    terms = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(d)}</li>" for k, d in SCHEDULER_TERMS)
+    return (f'<details class="dsv-terms"><summary>{pol}Θ = τ*·SPS(B) — what R, (r, j), a, B, SPS, '
+            f"τ* and Θ mean</summary><ul>{terms}</ul></details>")
+
+
+# presentation mode: plot heights (px) that put text, draft block, confidence and scheduler on
+# one 1920×1080 screen (the figures' own big heights are for a page that scrolls)
+PRESENT_HEIGHTS = {"draft": 790, "confidence": 375, "admission": 375}
+PRESENT_FONTS = {"confidence": 15, "admission": 14}  # the narrow right column: no overlapping titles
+
+
+def _sized(name: str, fig_of: Callable[[View], object]) -> Callable[[View], object]:
+    def render(v: View):
+        fig = fig_of(v)
+        h = PRESENT_HEIGHTS.get(name)
+        if v.big and h and hasattr(fig, "update_layout"):
+            b = fig.layout.margin.b if fig.layout.margin and fig.layout.margin.b is not None else 100
+            fig.update_layout(height=h, margin={"b": min(b, 110)})
+            if name in PRESENT_FONTS:
+                fig.update_layout(font={"size": PRESENT_FONTS[name]},
+                                  title={"font": {"size": PRESENT_FONTS[name] + 3}})
+        return fig
+    return render
+
+
+def pinned_positions(trace: Trace, i: int) -> list[int]:
+    """Draft positions k of round ``i`` whose calibrated c_k is exactly 0.50 while the raw one is
+    not: STS gave them the fit grid's top temperature (sigmoid(logit/T) → 0.5 as T grows)."""
+    if not 0 <= i < len(trace.rounds):
+        return []
+    return [d.k for d in trace.rounds[i].draft if d.conf_cal is not None and d.conf_raw is not None
+            and abs(d.conf_cal - 0.5) < 5e-4 and abs(d.conf_raw - 0.5) >= 5e-3]
+
+
+def _confidence(v: View):
+    fig = F.confidence_figure(v.trace, v.i, big=v.big)
+    ks = pinned_positions(v.trace, v.i)
+    if ks and hasattr(fig, "add_annotation"):
+        fig.add_annotation(
+            text=(", ".join(f"c_{k}" for k in ks) + " calibrated = 0.50: pinned by "
+                  + ("their" if len(ks) > 1 else "its") + " STS temperature at the top of the fit grid"),
+            xref="paper", yref="paper", x=0, y=1.0, xanchor="left", yanchor="bottom", showarrow=False,
+            font={"size": 11, "color": "#5d4037"}, bgcolor="#fff8e1")
+    return fig
 
 
 PANELS: tuple[Panel, ...] = (
-    Panel("text", "text", lambda v: _lane_html(v.main), "html", "dsv-text"),
+    Panel("text", "text", lambda v: _lane_html(v.main, v.history), "html", "dsv-text"),
     Panel("summary", "round summary", _summary, "html", "dsv-summary"),
-    Panel("draft", "draft block", lambda v: F.draft_block_figure(v.trace, v.i, big=v.big),
+    Panel("draft", "draft block", _sized("draft", lambda v: F.draft_block_figure(v.trace, v.i, big=v.big)),
           elem_id="dsv-draft", wide=True, file="draft_block"),
-    Panel("confidence", "confidence", lambda v: F.confidence_figure(v.trace, v.i, big=v.big),
+    Panel("confidence", "confidence",
+          _sized("confidence", _confidence),
           elem_id="dsv-conf"),
     Panel("admission", "scheduler",
-          lambda v: F.admission_figure(v.trace, v.i, big=v.big, sps=v.sps),
+          _sized("admission", lambda v: F.admission_figure(v.trace, v.i, big=v.big, sps=v.sps)),
           elem_id="dsv-sched", file="scheduler"),
     Panel("verify", "verification", lambda v: F.verify_figure(v.trace, v.i, big=v.big),
           elem_id="dsv-verify", file="verification"),
-    Panel("tau", "τ per round", lambda v: F.tau_figure(v.trace, v.main.upto, big=v.big),
+    Panel("tau", "τ per round", lambda v: F.tau_figure(*_window(v.trace, v.main.upto)[:2], big=v.big),
           elem_id="dsv-tau"),
     Panel("position", "per-position acceptance",
           lambda v: F.position_figure(v.trace, v.main.upto, big=v.big), elem_id="dsv-pos",
           wide=True),
     Panel("metrics", "metrics", _metrics, "html", "dsv-metrics"),
-    Panel("lanes", "other lanes", lambda v: "".join(_lane_html(l) for l in v.lanes[1:]), "html",
-          "dsv-lanes"),
+    Panel("lanes", "other lanes", _other_lanes, "html", "dsv-lanes"),
+    Panel("terms", "scheduler terms", _scheduler_terms, "html", "dsv-terms"),
 )
 PANEL_NAMES: tuple[str, ...] = tuple(p.name for p in PANELS)
+
+# The app's floor plan: rows of columns (column scale, panel names stacked in it). The first row
+# is the projector screen (text | draft block | confidence over scheduler); every panel once.
+LAYOUT: tuple[tuple[tuple[int, tuple[str, ...]], ...], ...] = (
+    ((2, ("text", "summary")), (4, ("draft",)), (3, ("confidence", "admission", "terms"))),
+    ((1, ("lanes",)),),  # comparison mode: the DFlash and plain lanes, side by side
+    ((1, ("metrics",)),),
+    ((1, ("verify",)), (1, ("tau",))),
+    ((1, ("position",)),),
+)
 
 
 def panels_named(names) -> tuple[Panel, ...]:
@@ -150,4 +277,5 @@ def panels_named(names) -> tuple[Panel, ...]:
     return tuple(from_name[n] for n in names)
 
 
-__all__ = ["LaneView", "View", "trace_sps", "view_of", "Panel", "PANELS", "PANEL_NAMES", "panels_named"]
+__all__ = ["LaneView", "View", "trace_sps", "view_of", "Panel", "PANELS", "PANEL_NAMES", "LAYOUT",
+           "SCHEDULER_TERMS", "panels_named"]

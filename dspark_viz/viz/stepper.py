@@ -29,6 +29,18 @@ def _lane_of(name: str, src) -> Lane:
     return Lane(name, getattr(src, "drafter_name", name) or name, src.trace(), src)
 
 
+def first_differing_round(traces: Sequence[Trace], start: int = 0) -> int:
+    """Index of the first round (from ``start``) where the lanes verified different ℓ, or
+    accepted different counts; ``start`` when they never differ. Round i is shown at cursor
+    i + 1 (``RoundStepper.seek``)."""
+    n = min(len(t.rounds) for t in traces) if traces else 0
+    for i in range(start, n):
+        rs = [t.rounds[i] for t in traces]
+        if len({(len(r.verify), r.n_accepted) for r in rs}) > 1:
+            return i
+    return start
+
+
 class RoundStepper:
     """Play / round slider / Step / Back over the real rounds of decoding lanes.
 
@@ -146,8 +158,9 @@ class RoundStepper:
         from IPython.display import display
         ex = self.explorer
         more = " · Step computes the next one" if ex.extendable else " · finished"
-        self.status.value = (f"<span style='color:#424242'>showing {ex.cursor} of "
-                             f"{ex.total_rounds} rounds{more}</span>")
+        where = (f"round {ex.cursor} of {ex.total_rounds}" if ex.cursor else
+                 f"after prefill (round 0) · {ex.total_rounds} rounds computed")
+        self.status.value = f"<span style='color:#424242'>{where}{more}</span>"
         self.text.value = self.text_html()
         self._render_count += 1
         if get_ipython() is None:  # plain Python (tests, scripts): nothing to display into
@@ -162,4 +175,4 @@ class RoundStepper:
         display(self.widget)
 
 
-__all__ = ["RoundStepper", "PANELS"]
+__all__ = ["RoundStepper", "PANELS", "first_differing_round"]

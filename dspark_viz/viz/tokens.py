@@ -3,8 +3,9 @@
 Scope: pure functions from a ``Trace`` (and a round cursor) to escaped HTML strings — the
 text panel of the app and the notebooks. Fates: prompt, first token (sampled by the target
 after prefill), accepted draft, rejected draft (verified but not kept), target correction,
-bonus (all verified drafts accepted), plain target token (plain decoding), dropped by the
-scheduler (drafted beyond ℓ, never verified). Whitespace and special tokens are made
+bonus (all verified drafts accepted), plain target token (plain decoding, or a round that
+verified ℓ = 0 drafts), dropped by the scheduler (drafted beyond ℓ, never verified); rounds are
+numbered from 1 on screen (``round_no``). Whitespace and special tokens are made
 visible (``·`` for a space, ``⏎`` for a newline, ``→`` for a tab, ``⟨0x02⟩`` for control
 bytes, specials such as ``<eos>`` as badges). Every token text goes through
 ``html.escape``; nothing from the trace is ever inserted raw. No model, no Gradio here.
@@ -24,7 +25,7 @@ FATES: dict[str, tuple[str, str, str]] = {
     "rejected": ("rejected draft", "#ffcdd2", "#b71c1c"),
     "correction": ("target correction", "#ffe0b2", "#e65100"),
     "bonus": ("bonus (all verified drafts accepted)", "#bbdefb", "#0d47a1"),
-    "target": ("plain target token", "#e1bee7", "#4a148c"),
+    "target": ("plain target token (no draft verified: plain decoding, or ℓ = 0)", "#e1bee7", "#4a148c"),
     "dropped": ("dropped by the scheduler (beyond ℓ, never verified)", "#f5f5f5", "#9e9e9e"),
 }
 _STRUCK = {"rejected", "dropped"}
@@ -78,6 +79,19 @@ def _span(text: str, fate: str, title: str, current: bool = False) -> str:
             f'title="{html.escape(title, quote=True)}">{visible_text(text)}</span>')
 
 
+def round_no(r) -> int:
+    """The number a round is shown under: 1 for the first (``Round.index`` counts from 0), so
+    that round n is the one on screen after n rounds — the cursor of the app and the stepper."""
+    return r.index + 1
+
+
+def appended_fate(r) -> str:
+    """Fate of a round's target token: ``correction``, ``bonus`` — or ``target`` when the round
+    verified no draft (ℓ = 0: a plain target step, nothing was accepted to earn a bonus)."""
+    kind = r.appended_kind if r.appended_kind in ("correction", "bonus", "target") else "target"
+    return "target" if kind == "bonus" and not r.verify else kind
+
+
 def token_fates(trace: Trace, upto: int | None = None, *, discarded: bool = True
                 ) -> list[tuple[int | None, int, str, str]]:
     """(round or None, token id, fate, tooltip) for the output after ``upto`` rounds.
@@ -93,21 +107,22 @@ def token_fates(trace: Trace, upto: int | None = None, *, discarded: bool = True
         for k in range(nacc):
             v = r.verify[k]
             out.append((r.index, r.committed[k], "accepted",
-                        f"round {r.index} · x{k + 1} accepted · p_t={v.p_t:.3f} p_d={v.p_d:.3f}"))
+                        f"round {round_no(r)} · x{k + 1} accepted · p_t={v.p_t:.3f} p_d={v.p_d:.3f}"))
         if discarded:
             for v in r.verify[r.n_accepted:]:
                 out.append((r.index, v.token, "rejected",
-                            f"round {r.index} · x{v.k} rejected (verified, not kept) · "
+                            f"round {round_no(r)} · x{v.k} rejected (verified, not kept) · "
                             f"p_t={v.p_t:.3f} p_d={v.p_d:.3f} ratio={v.ratio:.3f}"
                             + ("" if v.uniform is None else f" u={v.uniform:.3f}")))
         if len(r.committed) > nacc:
-            kind = r.appended_kind if r.appended_kind in ("correction", "bonus", "target") else "target"
+            kind = appended_fate(r)
             out.append((r.index, r.committed[nacc], kind,
-                        f"round {r.index} · {FATES[kind][0]} (target token)"))
+                        f"round {round_no(r)} · {FATES[kind][0]} (target token"
+                        + (", ℓ = 0 verified)" if not r.verify and r.draft else ")")))
         if discarded:
             for j, tok in enumerate(r.dropped):
                 out.append((r.index, tok, "dropped",
-                            f"round {r.index} · x{len(r.verify) + j + 1} dropped: the scheduler "
+                            f"round {round_no(r)} · x{len(r.verify) + j + 1} dropped: the scheduler "
                             f"verified ℓ={len(r.verify)} of {len(r.draft)}"))
     return out
 
@@ -129,7 +144,7 @@ def tokens_html(trace: Trace, upto: int | None = None, *, discarded: bool = True
     cur = n - 1
     for rnd, tok, fate, title in token_fates(trace, n, discarded=discarded):
         if round_marks and rnd is not None and rnd != last:
-            parts.append(f'<span class="dsv-round" title="round {rnd}"></span>')
+            parts.append(f'<span class="dsv-round" title="round {rnd + 1}"></span>')
         last = rnd
         parts.append(_span(trace.token_text(tok), fate, title, current=(rnd == cur and rnd is not None)))
     parts.append("</div>")
@@ -154,4 +169,4 @@ def page_html(trace: Trace, upto: int | None = None, **kw) -> str:
     return f"<style>{CSS}</style>{legend_html()}{tokens_html(trace, upto, **kw)}"
 
 
-__all__ = ["FATES", "CSS", "visible_text", "token_fates", "tokens_html", "legend_html", "page_html"]
+__all__ = ["FATES", "CSS", "visible_text", "round_no", "appended_fate", "token_fates", "tokens_html", "legend_html", "page_html"]

@@ -13,8 +13,8 @@ from typing import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dspark_viz.viz.figures import BOTTOM_LEGEND, PALETTE
 from dspark_viz.viz.figures import NOTEBOOK_TEMPLATE as _TEMPLATE
-from dspark_viz.viz.figures import PALETTE
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -41,7 +41,7 @@ def training_curves_figure(runs: dict[str, Sequence[dict]]) -> go.Figure:
                         legendgroup=name, showlegend=False, line=dict(color=c), row=1, col=3)
     fig.update_xaxes(title_text="optimizer step")
     fig.update_yaxes(range=[0, 1], row=1, col=2)
-    fig.update_layout(template=_TEMPLATE, height=400, legend=dict(orientation="h", y=-0.22),
+    fig.update_layout(template=_TEMPLATE, height=440, legend=BOTTOM_LEGEND, margin=dict(b=110),
                       title=dict(text="Training curves (metrics.jsonl)", x=0.01))
     return fig
 

@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from dspark_viz.config import NOTEBOOK_PRESETS, ConfigError, DecodeConfig, NotebookPreset
 from dspark_viz.decoding.engine import SpecSession
 from dspark_viz.drafter.model import DSparkDrafter
@@ -50,13 +52,17 @@ def tutorial_dir(target, preset: NotebookPreset) -> Path:
 
 
 def run_toolchain(args: Sequence) -> str:
-    """Run ``dspark-viz ARGS`` in a child process (``python -m dspark_viz.cli``); its output.
+    """Run ``dspark-viz ARGS`` in a child process (``python -m dspark_viz.cli``) with this
+    process's torch thread count; its output.
 
     Raises RuntimeError with the command's error line(s) when it fails.
     """
     args = [str(a) for a in args]
+    # the child uses as many threads as this process (the notebooks set one: torch's default
+    # threads on a small shared CPU are slower, not faster)
+    env = os.environ | {"OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run([sys.executable, "-m", "dspark_viz.cli", *args], capture_output=True,
-                          text=True, check=False)
+                          text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"dspark-viz {' '.join(args[:2])} failed: "
                            f"{proc.stderr.strip() or proc.stdout.strip()}")
