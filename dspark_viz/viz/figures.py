@@ -187,12 +187,14 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
         data.append(_draft_heatmap(kind, xs, cells, ax, big))
         if kind == "corr":
             data.append(_sampled_marks(r, fates, top, ax, big))
-    lay["annotations"] = [{"text": "★ = Markov head changed the top-1 · box = sampled x_k "
+    # the legend sits in pixels below the x-labels (paper units would move it with the height)
+    lay["annotations"] = [{"text": "★ = Markov head changed the top-1<br>box = sampled x_k "
                                    "(green ✓ accepted, red ✗ rejected, grey dropped/discarded)",
                            "showarrow": False, "xref": "paper", "yref": "paper", "x": 0,
-                           "y": -0.12 if not big else -0.14, "xanchor": "left",
+                           "y": 0, "yanchor": "top", "yshift": -44 if big else -34,
+                           "xanchor": "left", "align": "left",
                            "font": {"size": 14 if big else 11, "color": "#424242"}}]
-    lay["margin"]["b"] = 80
+    lay["margin"]["b"] = 120 if big else 96
     return _fig(data, lay)
 
 
@@ -441,12 +443,15 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
     b_final = adm[-1].B if adm else s.load
     lay = _layout(head, big, 380, xaxis={"title": {"text": "verify batch B (tokens)"},
                                          "domain": [0, 0.55] if sps else [0, 1]},
-                  yaxis={"title": {"text": "Θ = τ*·SPS(B)  (tokens/s)"}})
+                  yaxis={"title": {"text": "Θ (tokens/s)"}})  # Θ = τ*·SPS(B): the panel's terms line
     if sps is not None:
         hi = max(b_final + 1, max(p.B for p in path) + 1)
         data += _capacity_traces(sps, range(max(1, max(1, s.load) // 2), int(hi * 1.5) + 2), b_final)
-        lay["xaxis2"] = {"domain": [0.68, 1], "anchor": "y2", "title": {"text": "B (tokens)"}}
-        lay["yaxis2"] = {"anchor": "x2", "title": {"text": f"SPS(B) steps/s — {s.capacity}"}}
+        # the curve's name under the axis: a long rotated y-title runs into the figure title
+        lay["xaxis2"] = {"domain": [0.68, 1], "anchor": "y2",
+                         "title": {"text": f"B (tokens)<br><span style='font-size:0.7em'>"
+                                           f"curve {s.capacity}</span>"}}
+        lay["yaxis2"] = {"anchor": "x2", "title": {"text": "SPS(B) (steps/s)"}}
     return _fig(data, lay)
 
 
