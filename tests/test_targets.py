@@ -140,3 +140,34 @@ def test_gemma4_speculative_greedy_equals_plain(tiny_gemma4):
         s = SpecSession(T, make_drafter(T, markov_type=kind), cfg)
         s.run("The quick brown fox jumps over")
         assert s.generated == ref, kind
+
+
+def test_embedded_snapshot_is_converted_once_by_concurrent_callers(tmp_path, monkeypatch):
+    """Two writers started together must not both assemble/convert the GGUF (they raced into
+    FileExistsError on the half-written file): one converts under the lock, the other waits."""
+    import threading
+    import time as _time
+
+    from dspark_viz import targets as T
+
+    monkeypatch.setenv("DSPARK_VIZ_CACHE", str(tmp_path))
+    calls, inside = [], []
+
+    def fake_convert(snap):
+        inside.append(1)
+        assert len(inside) == 1, "two converters ran at once"
+        calls.append(snap)
+        _time.sleep(0.3)
+        snap.mkdir(parents=True)
+        (snap / "COMPLETE").write_text("x")
+        inside.pop()
+
+    monkeypatch.setattr(T, "_convert_embedded", fake_convert)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(T.ensure_embedded_snapshot())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and got == [tmp_path / "gemma3-270m"] * 3
+    assert T.ensure_embedded_snapshot() == tmp_path / "gemma3-270m" and len(calls) == 1
