@@ -38,6 +38,7 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -672,11 +673,16 @@ def guarded(fn):
     return handler(_view_error)(view)
 
 
-def _status_beside(fn):
-    """``fn(ex, ...) → value`` as a handler returning (value, status); an error keeps the
-    output as it was (``gr.update()``) and shows one line in the status."""
+def _status_beside(fn, note: Callable[[Explorer], str] | None = None):
+    """``fn(ex, ...) → value`` as a handler returning (value, status); ``note(ex)``, when given,
+    adds one line to the status after ``fn`` ran; an error keeps the output as it was
+    (``gr.update()``) and shows one line in the status."""
     def ok(*args):
-        return fn(*args), status_html(_state_of(args))
+        value = fn(*args)
+        ex = _state_of(args)
+        extra = (f'<div class="dsv-status">{html.escape(note(ex))}</div>'
+                 if note is not None and ex is not None else "")
+        return value, status_html(ex) + extra
     ok.__name__ = getattr(fn, "__name__", getattr(getattr(fn, "func", None), "__name__", "handler"))
     return handler(lambda args, msg: (gr.update(), status_html(_state_of(args), msg)))(ok)
 
@@ -886,14 +892,40 @@ def remove_stale_exports(max_age_s: float = STATE_TTL_S, root: str | os.PathLike
     return n
 
 
-def on_export_trace(ex):
+def finish_run(pool: ModelPool, ex: Explorer) -> int:
+    """Compute the rounds a live run has not yet (every lane to its end: EOS or its
+    ``max_new_tokens``) the way Step does — one round at a time under the model lock, so other
+    sessions interleave — without moving the cursor. Bounded: every round commits at least one
+    token, so no lane needs more rounds than its ``max_new_tokens``. Returns the rounds added."""
+    bound = max([getattr(getattr(l.session, "cfg", None), "max_new_tokens", MAX_NEW_TOKENS)
+                 for l in ex.lanes if l.live] or [0])
+    before = ex.total_rounds
+    for _ in range(min(int(bound), MAX_NEW_TOKENS) + 1):
+        if not ex.extendable or not _extend(pool, ex):
+            break
+    return ex.total_rounds - before
+
+
+def on_export_trace(ex, pool: ModelPool | None = None):
+    """The whole run as JSON, one file per lane: a live run's remaining rounds are computed first
+    (``finish_run``; without a ``pool``, the rounds so far)."""
     ex = _need(ex)
+    if pool is not None:
+        finish_run(pool, ex)
     d = _export_dir(ex, "dsv-export-")
     try:
         return [str(lane.trace.save(d / f"trace-{lane.name}.json")) for lane in ex.lanes]
     except BaseException:
         drop_exports(ex)
         raise
+
+
+def export_note(ex: Explorer) -> str:
+    """The status line's word on an exported trace: how many rounds of which lane, and whether
+    that is the whole run."""
+    counts = ", ".join(f"{l.name} {len(l.trace.rounds)} rounds" for l in ex.lanes)
+    whole = "the whole run" if not ex.extendable else "the rounds so far (the run is not finished)"
+    return f"exported {counts} — {whole}"
 
 
 def on_export_figures(ex):
@@ -1119,7 +1151,8 @@ def _wire(ui: SimpleNamespace, pool: ModelPool, sessions: Sessions) -> None:
     for btn, delta, name in ((ui.tour_next, 1, "tour_next"), (ui.tour_prev, -1, "tour_prev")):
         btn.click(partial(on_tour, delta=delta), [ui.tour_step], [ui.tour_step, ui.tour, *preset_outs],
                   api_name=name).then(None, [ui.tour], None, js=TOUR_SCROLL_JS, api_name=False)
-    ui.ex_trace.click(_status_beside(on_export_trace), [ui.state], [ui.files, ui.status],
+    ui.ex_trace.click(_status_beside(partial(on_export_trace, pool=pool), export_note), [ui.state],
+                      [ui.files, ui.status],
                       api_name="export_trace")
     ui.ex_figs.click(_status_beside(on_export_figures), [ui.state], [ui.files, ui.status],
                      api_name="export_figures")

@@ -64,6 +64,40 @@ def _solo(target, drafter, n_rounds, **kw):
     return s.trace()
 
 
+def _solo_all(target, drafter, **kw):
+    """The whole run a solo session makes with these settings (to EOS or max new tokens)."""
+    d = dict(DEFAULTS, **kw)
+    cfg = DecodeConfig(gamma=d["gamma"], temperature=d["temperature"], seed=d["seed"],
+                       max_new_tokens=d["max_tokens"])
+    s = SpecSession(target, drafter, cfg, policy=parse_policy(d["policy"], cfg.gamma))
+    s.prefill(d["prompt"])
+    while not s.done:
+        s.step()
+    return s.trace()
+
+
+def test_export_finishes_the_run_first(tiny_qwen):
+    from dspark_viz.viz.app_state import Explorer, Lane
+    pool = appmod.ModelPool(tiny_qwen, make_drafter(tiny_qwen))
+    ex = appmod.new_live(pool, **{k: v for k, v in dict(DEFAULTS, max_tokens=10).items()
+                                  if k not in ("source", "trace_file", "big")})
+    ex.forward(2, lambda e: appmod._extend(pool, e))
+    export = appmod._status_beside(appmod.partial(appmod.on_export_trace, pool=pool), appmod.export_note)
+    files, status = export(ex)
+    tr = Trace.load(files[0])
+    assert ex.cursor == 2 and not ex.extendable and len(tr.rounds) == ex.total_rounds > 2
+    assert tr.summary.new_tokens == 10 and tr.summary.stop_reason == "max_new_tokens"
+    assert f"exported dspark {len(tr.rounds)} rounds — the whole run" in status
+    assert appmod.finish_run(pool, ex) == 0  # nothing left: a second export computes nothing
+    again, status2 = export(ex)
+    assert Trace.load(again[0]).to_dict() == tr.to_dict() and "dsv-error" not in status2
+    # a replayed trace (no session) exports as it is, and says so
+    rep = Explorer([Lane("replay", "r", tr.__class__.from_dict(tr.to_dict()))], source="replay")
+    files, status = export(rep)
+    assert len(Trace.load(files[0]).rounds) == len(tr.rounds) and "the whole run" in status
+    appmod.drop_exports(ex), appmod.drop_exports(rep)
+
+
 def test_start_step_back_seek_export(served):
     url, target, drafter = served
     c = Client(url, verbose=False)
@@ -82,12 +116,14 @@ def test_start_step_back_seek_export(served):
     fwd = c.predict(False, api_name="/step")  # replays the recorded round, no recompute
     assert fwd[2] == seen[2][0]
     c.predict(0, False, api_name="/seek")
-    files, status = c.predict(api_name="/export_trace")
+    files, status = c.predict(api_name="/export_trace")  # the whole run, not the 3 rounds so far
     assert "dsv-error" not in status
     tr = Trace.load(files[0])
-    assert len(tr.rounds) == 3
-    solo = _solo(target, drafter, 3)
+    solo = _solo_all(target, drafter)
+    assert len(tr.rounds) == len(solo.rounds) > 3 and tr.summary.new_tokens == DEFAULTS["max_tokens"]
     assert [r.committed for r in tr.rounds] == [r.committed for r in solo.rounds]
+    assert f"exported dspark {len(tr.rounds)} rounds — the whole run" in status
+    assert _round_of(status) == (0, len(tr.rounds))  # computed, the cursor where it was
     zips = c.predict(api_name="/export_figures")[0]
     import zipfile
     names = zipfile.ZipFile(zips[0]).namelist()
@@ -107,7 +143,8 @@ def test_compare_mode_lanes_and_speedup(served):
     modes = sorted(Trace.load(f).meta.mode for f in files)
     assert modes == ["ar", "dflash", "dspark"]
     plain = next(Trace.load(f) for f in files if Trace.load(f).meta.mode == "ar")
-    assert [r.tau for r in plain.rounds] == [1, 1]
+    assert all(r.tau == 1 for r in plain.rounds) and plain.summary.new_tokens == DEFAULTS["max_tokens"]
+    assert plain.summary.stop_reason == "max_new_tokens"  # the whole run, not the 2 rounds shown
 
 
 def test_load_scheduler_and_load_view(served):
@@ -193,8 +230,8 @@ def test_eight_users_at_once_no_cross_talk(served):
         t.join(timeout=180)
     assert not errors and len(results) == n
     for i, (kw, tr) in results.items():
-        assert tr.meta.prompt == kw["prompt"] and len(tr.rounds) == steps
-        solo = _solo(target, drafter, steps, **kw)
+        solo = _solo_all(target, drafter, **kw)  # the export finishes the run
+        assert tr.meta.prompt == kw["prompt"] and len(tr.rounds) == len(solo.rounds) >= steps
         assert tr.output_ids() == solo.output_ids(), f"user {i} differs from a solo run"
 
 

@@ -100,9 +100,38 @@ def _wrap(text: str, width: int = 48) -> str:
     return "<br>".join(html.escape(x) for x in lines)
 
 
-def _title2(main: str, detail: str) -> str:
-    """A short title with a smaller second line (readable in half-width panels)."""
-    return f"{main}<br><sup>{html.escape(detail)}</sup>" if detail else main
+SUBTITLE_CHARS = 56  # a subtitle line (<sup>, 70 % of the title font) fits a ~450 px column
+LINE_SPACING = 1.3  # plotly's line height, in font sizes, of a multi-line text
+TITLE_PAD = 6  # px between the top of the figure and its title
+
+
+def _title2(main: str, detail: str, width: int = SUBTITLE_CHARS) -> str:
+    """A short title with smaller detail lines below it (wrapped at ``width`` characters, so it
+    stays readable in half-width panels)."""
+    if not detail:
+        return main
+    return main + "".join(f"<br><sup>{line}</sup>" for line in _wrap(detail, width).split("<br>"))
+
+
+def _text_lines(text: str) -> int:
+    return text.count("<br>") + 1
+
+
+def _top_block(lay: dict, big: bool, note_lines: int = 0) -> None:
+    """Pin the title to the top of the figure (in pixels) and make the top margin hold all of its
+    lines plus ``note_lines`` lines of notes placed right above the plot area (``yref`` paper,
+    ``y`` 1, ``yanchor`` bottom, ``yshift`` 4): the note can never run into the title."""
+    t = lay["title"]
+    size = t["font"]["size"]
+    t.update(yref="container", y=1, yanchor="top", pad={"t": TITLE_PAD})
+    need = (TITLE_PAD + _text_lines(t["text"]) * size * LINE_SPACING
+            + note_lines * (13 if big else 10) * LINE_SPACING + 10)
+    lay["margin"]["t"] = max(lay["margin"]["t"], math.ceil(need))
+
+
+def _density(n: int) -> int:
+    """How crowded ``n`` positions on one axis are in a ~450 px column: 0 (≤ 8), 1 (≤ 12), 2."""
+    return 0 if n <= 8 else 1 if n <= 12 else 2
 
 
 def message_figure(title: str, text: str, *, big: bool = False, height: int = 260) -> go.Figure:
@@ -110,6 +139,7 @@ def message_figure(title: str, text: str, *, big: bool = False, height: int = 26
     lay = _layout(title, big, height, xaxis={"visible": False}, yaxis={"visible": False},
                   annotations=[{"text": _wrap(text), "showarrow": False, "x": 0.5, "y": 0.5,
                                 "xref": "paper", "yref": "paper", "font": _font(big)}])
+    _top_block(lay, big)
     return _fig([], lay)
 
 
@@ -165,7 +195,8 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
         return message_figure(title, why, big=big)
     fates = position_fates(r)
     xs = list(range(1, len(r.draft) + 1))
-    tick = [f"x{k} {_FATE_MARK[f]}" + (" ★" if c else "")
+    dense = _density(len(xs))  # γ up to 16: the fate under the position, smaller cells
+    tick = [f"x{k}{'<br>' if dense else ' '}{_FATE_MARK[f]}" + (" ★" if c else "")
             for k, f, c in zip(xs, fates, markov_changed(r))]
     rows = _draft_rows(any(d.boosted or d.suppressed for d in r.draft))
     outside = any(_sampled_rank(d, top) is None for d in r.draft)  # x_k beyond the top rows
@@ -182,20 +213,30 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
         lay[f"xaxis{ax}"] = {"anchor": f"y{ax}", "tickvals": xs, "ticktext": tick,
                              "showticklabels": ri == len(rows) - 1, "showgrid": False,
                              "matches": "x" if ri else None}
-        cells = _bias_cells(trace, r, n_bias) if kind == "bias" else \
-            _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top, extra)
-        data.append(_draft_heatmap(kind, xs, cells, ax, big))
+        lim = (8, 5, 3)[dense]
+        cells = _bias_cells(trace, r, n_bias, lim) if kind == "bias" else \
+            _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top, extra, lim)
+        data.append(_draft_heatmap(kind, xs, cells, ax, big, dense))
         if kind == "corr":
-            data.append(_sampled_marks(r, fates, top, ax, big))
-    # the legend sits in pixels below the x-labels (paper units would move it with the height)
-    lay["annotations"] = [{"text": "★ = Markov head changed the top-1<br>box = sampled x_k "
-                                   "(green ✓ accepted, red ✗ rejected, grey dropped/discarded)",
-                           "showarrow": False, "xref": "paper", "yref": "paper", "x": 0,
-                           "y": 0, "yanchor": "top", "yshift": -44 if big else -34,
-                           "xanchor": "left", "align": "left",
-                           "font": {"size": 14 if big else 11, "color": "#424242"}}]
-    lay["margin"]["b"] = 120 if big else 96
+            data.append(_sampled_marks(r, fates, top, ax, big, dense))
+    lay[f"xaxis{'' if len(rows) == 1 else len(rows)}"]["tickfont"] = {"size": (20, 18, 16)[dense] if big
+                                                                       else (13, 12, 11)[dense]}
+    # the legend sits in pixels below the x-labels (paper units would move it with the height),
+    # from the figure's left edge (the wide y-titles' margin), in short lines: never cut at the
+    # right edge of a ~450 px column, never on the tick labels
+    tick_px = 12 + _text_lines(tick[0]) * (20 if big else 13) * LINE_SPACING  # ticklen, gap, lines
+    foot = DRAFT_FOOTER
+    fsize = 14 if big else 11
+    lay["annotations"] = [{"text": foot, "showarrow": False, "xref": "paper", "yref": "paper",
+                           "x": 0, "xshift": -(lay["margin"]["l"] - 8), "y": 0, "yanchor": "top",
+                           "yshift": -math.ceil(tick_px + 6), "xanchor": "left", "align": "left",
+                           "font": {"size": fsize, "color": "#424242"}}]
+    lay["margin"]["b"] = math.ceil(tick_px + 6 + _text_lines(foot) * fsize * LINE_SPACING + 10)
     return _fig(data, lay)
+
+
+DRAFT_FOOTER = ("★ = the Markov head changed the top-1 · box = sampled x_k:<br>"
+                "green ✓ accepted · red ✗ rejected · grey – dropped / · discarded")
 
 
 def _draft_rows(has_bias: bool) -> list[tuple[str, str]]:
@@ -245,7 +286,7 @@ def _sampled_rank(d, top: int) -> int | None:
     return ranks.index(d.token) if d.token in ranks else None
 
 
-def _topk_cells(trace: Trace, r: Round, attr: str, top: int, extra: bool = False):
+def _topk_cells(trace: Trace, r: Round, attr: str, top: int, extra: bool = False, lim: int = 8):
     """The top candidates ``attr`` (base or corrected) of each x_k, by rank; with ``extra`` one
     more row holding x_k where it was sampled from outside those ``top`` (else empty)."""
     def pick(d, rank):
@@ -259,30 +300,30 @@ def _topk_cells(trace: Trace, r: Round, attr: str, top: int, extra: bool = False
             recorded = [t.token for t in d.corrected_topk]
             where = (f"rank {recorded.index(d.token) + 1}" if d.token in recorded
                      else f"below the recorded top {len(recorded)}")
-            tok = plain_token(trace.token_text(d.token), 8)
+            tok = plain_token(trace.token_text(d.token), lim)
             return (d.p_d, f"{tok}<br>{d.p_d:.0%}" if d.p_d >= 0.005 else f"{tok}<br>&lt;1%",
                     f"x{d.k} sampled from {where}: {plain_token(trace.token_text(d.token), 30)} "
                     f"(id {d.token}) drawn with p_d={d.p_d:.4f}")
-        tok = plain_token(trace.token_text(c.token), 8)
+        tok = plain_token(trace.token_text(c.token), lim)
         return (c.prob, f"{tok}<br>{c.prob:.0%}" if c.prob >= 0.005 else f"{tok}<br>&lt;1%",
                 f"x{d.k} rank {rank + 1}: {plain_token(trace.token_text(c.token), 30)} "
                 f"(id {c.token}) p={c.prob:.4f} logit={c.logit:.2f}")
     return _cells(r, top + extra, pick, fmt)
 
 
-def _bias_cells(trace: Trace, r: Round, n_bias: int):
+def _bias_cells(trace: Trace, r: Round, n_bias: int, lim: int = 8):
     """The ``n_bias`` largest boosts of each x_k, then its ``n_bias`` strongest suppressions."""
     def pick(d, j):
         src, jj = (d.boosted, j) if j < n_bias else (d.suppressed, j - n_bias)
         return src[jj] if jj < len(src) else None
 
     def fmt(d, j, b):
-        return (b.bias, f"{plain_token(trace.token_text(b.token), 8)}<br>{b.bias:+.2f}",
+        return (b.bias, f"{plain_token(trace.token_text(b.token), lim)}<br>{b.bias:+.2f}",
                 f"x{d.k}: bias {b.bias:+.3f} on {plain_token(trace.token_text(b.token), 30)} (id {b.token})")
     return _cells(r, 2 * n_bias, pick, fmt)
 
 
-def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool) -> dict:
+def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool, dense: int = 0) -> dict:
     """One block of the draft figure: probabilities (blue, 0..1) or biases (red/white/green)."""
     z, txt, hov = cells
     if kind == "bias":
@@ -293,10 +334,10 @@ def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool) -> dict:
     return {"type": "heatmap", "x": xs, "y": list(range(len(z))), "z": z, "text": txt,
             "texttemplate": "%{text}", "hovertext": hov, "hoverinfo": "text", **scale,
             "showscale": False, "xaxis": f"x{ax}", "yaxis": f"y{ax}", "xgap": 2, "ygap": 2,
-            "textfont": {"size": 16 if big else 11}}
+            "textfont": {"size": (16, 14, 12)[dense] if big else (11, 10, 9)[dense]}}
 
 
-def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool) -> dict:
+def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool, dense: int = 0) -> dict:
     """A box around every sampled x_k: at its rank among the corrected top candidates, or in
     the extra row below them when it was drawn from further down."""
     mx, my, mc = [], [], []
@@ -304,7 +345,8 @@ def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool) -> 
         rank = _sampled_rank(d, top)
         mx.append(d.k), my.append(top if rank is None else rank), mc.append(COLORS.get(f, "#616161"))
     return {"type": "scatter", "x": mx, "y": my, "mode": "markers",
-            "marker": {"symbol": "square-open", "size": 44 if big else 34, "color": mc,
+            "marker": {"symbol": "square-open", "size": (44, 34, 26)[dense] if big else (34, 26, 20)[dense],
+                       "color": mc,
                        "line": {"width": 3}},
             "hoverinfo": "skip", "xaxis": f"x{ax}", "yaxis": f"y{ax}"}
 
@@ -357,8 +399,29 @@ def confidence_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
 
 
 # ----------------------------------------------------------------------------- verification
+UNREACHED = "#bdbdbd"  # bars and marks of positions after the first rejection
+UNREACHED_OPACITY = 0.35
+NARROW_PLOT_PX = 360  # plot-area width of the narrowest column the panels are laid out for (~450 px)
+
+
+def unreached_positions(r: Round) -> list[int]:
+    """Verified positions k (1-based) after the first rejected draft: speculative decoding stops
+    there, so the target's p_t at them (computed on a prefix holding the rejected token) decides
+    nothing — they are neither accepted nor rejected."""
+    return [v.k for j, v in enumerate(r.verify) if j > r.n_accepted]
+
+
+def _greyed(colour: str, dead: list[bool]) -> list | str:
+    return [UNREACHED if d else colour for d in dead] if any(dead) else colour
+
+
 def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
-    """Per verified position: p_t(x_k), p_d(x_k), ratio min(1, p_t/p_d), uniform u, decision."""
+    """Per verified position: p_t(x_k), p_d(x_k), ratio min(1, p_t/p_d), uniform u, decision.
+
+    Positions after the first rejection (``unreached_positions``) are drawn greyed out — grey,
+    translucent bars and marks in a shaded band labelled "not reached" — so they never read as
+    accepted or rejected.
+    """
     title = "Verification"
     r = _round(trace, i)
     if r is None:
@@ -368,47 +431,76 @@ def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
         return message_figure(title, f"round {round_no(r)}: ℓ = 0 verified; target token "
                                      f"{plain_token(tgt, 20)} (a plain target step)", big=big)
     xs = [v.k for v in r.verify]
-    dec = []
-    for k, v in enumerate(r.verify):
-        if v.accepted:
-            dec.append("✓")
-        elif k == r.n_accepted:
-            dec.append("✗")
-        else:
-            dec.append("·")
+    dead = [j > r.n_accepted for j in range(len(r.verify))]  # after the first rejection
+    dec = ["✓" if j < r.n_accepted else "✗" if j == r.n_accepted else "·" for j in range(len(xs))]
+    opacity = [UNREACHED_OPACITY if d else 1.0 for d in dead] if any(dead) else 1.0
+    why = ["not reached (after the first rejection)" if d else "" for d in dead]
     greedy = all(v.uniform is None for v in r.verify)
     data = [
         {"type": "bar", "x": xs, "y": [v.p_t for v in r.verify], "name": "p_t(x_k) target",
-         "marker": {"color": COLORS["p_t"]}, "hovertemplate": "p_t = %{y:.4f}<extra></extra>"},
+         "marker": {"color": _greyed(COLORS["p_t"], dead), "opacity": opacity},
+         "customdata": why, "hovertemplate": "p_t = %{y:.4f}<br>%{customdata}<extra></extra>"},
         {"type": "bar", "x": xs, "y": [v.p_d for v in r.verify], "name": "p_d(x_k) drafter",
-         "marker": {"color": COLORS["p_d"]}, "hovertemplate": "p_d = %{y:.4f}<extra></extra>"},
+         "marker": {"color": _greyed(COLORS["p_d"], dead), "opacity": opacity},
+         "customdata": why, "hovertemplate": "p_d = %{y:.4f}<br>%{customdata}<extra></extra>"},
         {"type": "scatter", "x": xs, "y": [v.ratio for v in r.verify], "name": "ratio min(1, p_t/p_d)",
-         "mode": "lines+markers", "line": {"color": COLORS["ratio"]}, "marker": {"size": 9},
-         "hovertemplate": "ratio = %{y:.4f}<extra></extra>"},
+         "mode": "lines+markers", "line": {"color": COLORS["ratio"]},
+         "marker": {"size": 9},
+         "customdata": why, "hovertemplate": "ratio = %{y:.4f}<br>%{customdata}<extra></extra>"},
     ]
+    if any(dead):  # the ratio line stops at the first rejection; its markers go on, greyed
+        n_live = r.n_accepted + 1
+        data[2]["y"] = [v.ratio if j < n_live else None for j, v in enumerate(r.verify)]
+        data.append({"type": "scatter", "x": xs[n_live:], "y": [v.ratio for v in r.verify[n_live:]],
+                     "mode": "markers", "showlegend": False, "name": "ratio (not reached)",
+                     "marker": {"size": 9, "color": UNREACHED, "opacity": UNREACHED_OPACITY},
+                     "hovertemplate": "ratio = %{y:.4f}<br>not reached<extra></extra>"})
     if not greedy:
         ux = [v.k for v in r.verify if v.uniform is not None]
         uy = [v.uniform for v in r.verify if v.uniform is not None]
         data.append({"type": "scatter", "x": ux, "y": uy, "name": "uniform u (accept if u < ratio)",
                      "mode": "markers", "marker": {"symbol": "diamond", "size": 12, "color": COLORS["u"]},
                      "hovertemplate": "u = %{y:.4f}<extra></extra>"})
-    dcol = [COLORS["accepted"] if d.startswith("✓") else COLORS["rejected"] if d.startswith("✗")
-            else "#757575" for d in dec]
+    dcol = [COLORS["accepted"] if d == "✓" else COLORS["rejected"] if d == "✗" else UNREACHED
+            for d in dec]
     data.append({"type": "scatter", "x": xs, "y": [1.1] * len(xs), "mode": "text", "text": dec,
                  "showlegend": False, "hoverinfo": "skip",
                  "textfont": {"color": dcol, "size": 22 if big else 16}})
-    app_txt = plain_token(trace.token_text(r.appended), 16) if r.appended is not None else "—"
+    # unescaped: the subtitle escapes its text once
+    app_txt = html.unescape(plain_token(trace.token_text(r.appended), 16)) if r.appended is not None else "—"
     rule = ("T = 0: accept while x_k equals the target argmax" if greedy else
             "accept x_k with probability min(1, p_t/p_d); first rejection → residual sample")
-    tick = [f"x{v.k}<br>{plain_token(trace.token_text(v.token), 8)}" for v in r.verify]
+    dense = _density(len(xs))  # γ up to 16: shorter tokens, smaller labels
+    lim, pre = (8, 4, 3)[dense], ("x", "x", "")[dense]
+    grey = 'style="color:#9e9e9e"'
+    tick = [(f"<span {grey}>{pre}{v.k}</span><br><span {grey}>{plain_token(trace.token_text(v.token), lim)}</span>"
+             if d else f"{pre}{v.k}<br>{plain_token(trace.token_text(v.token), lim)}")
+            for v, d in zip(r.verify, dead)]
     lay = _layout(_title2(f"{title} — round {round_no(r)}: {r.n_accepted}/{len(r.verify)} accepted, τ = {r.tau}",
-                          f"then {appended_fate(r)} '{app_txt}' · ✓ accepted ✗ rejected · not reached"),
-                  big, 400, barmode="group",
-                  xaxis={"tickvals": xs, "ticktext": tick, "range": [0.4, len(xs) + 0.6]},
+                          f"then {appended_fate(r)} '{app_txt}' · ✓ acc. ✗ rej. · grey: not reached"),
+                  big, 420, barmode="group",
+                  xaxis={"tickvals": xs, "ticktext": tick, "range": [0.4, len(xs) + 0.6],
+                         "tickfont": {"size": (20, 17, 15)[dense] if big else (13, 11, 10)[dense]}},
                   yaxis={"title": {"text": "probability"}, "range": [0, 1.2]})
-    lay["annotations"] = [{"text": _wrap(rule, 60), "showarrow": False, "xref": "paper", "yref": "paper",
-                           "x": 1, "y": 1.12, "xanchor": "right", "yanchor": "bottom",
-                           "font": {"size": 13 if big else 10, "color": "#424242"}}]
+    rule = _wrap(rule, SUBTITLE_CHARS)
+    _top_block(lay, big, _text_lines(rule))
+    # the rule sits in pixels just above the plot area, below the title lines (never on them)
+    notes = [{"text": rule, "showarrow": False, "xref": "paper", "yref": "paper",
+              "x": 0, "y": 1, "xanchor": "left", "yanchor": "bottom", "yshift": 4, "align": "left",
+              "font": {"size": 13 if big else 10, "color": "#424242"}}]
+    shapes = []
+    if any(dead):
+        x0, x1 = r.n_accepted + 1.5, len(xs) + 0.5
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": x0, "x1": x1, "y0": 0,
+                       "y1": 1, "fillcolor": "rgba(158,158,158,0.15)", "line": {"width": 0},
+                       "layer": "below"})
+        # horizontal where the band is wide enough in the narrowest column, else upright
+        wide = (x1 - x0) / (len(xs) + 0.2) * NARROW_PLOT_PX >= 80
+        notes.append({"text": "not reached", "showarrow": False, "xref": "x", "yref": "paper",
+                      "x": (x0 + x1) / 2, "y": 0.5, "textangle": 0 if wide else -90,
+                      "bgcolor": "rgba(255,255,255,0.75)",
+                      "font": {"size": 14 if big else 11, "color": "#616161"}})
+    lay["annotations"], lay["shapes"] = notes, shapes
     return _fig(data, lay)
 
 
@@ -425,8 +517,10 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
     if r is None or r.schedule is None:
         return message_figure(title, "no round yet: press Step", big=big)
     s = r.schedule
-    head = _title2(f"{title} — round {round_no(r)}: {s.policy}, R = {s.load}, ℓ = {s.ell}",
-                   f"stop: {s.stop[:70]}{' · lossless' if s.lossless else ' · NOT lossless'}")
+    # the policy and the stop reason in the wrapped detail lines: one title line fits ~450 px
+    stop = s.stop if len(s.stop) <= 100 else s.stop[:99] + "…"
+    head = _title2(f"{title} — round {round_no(r)}: R = {s.load}, ℓ = {s.ell}",
+                   f"{s.policy} · stop: {stop}{' · lossless' if s.lossless else ' · NOT lossless'}")
     if not s.path:
         expl = {"fixed": "a fixed policy verifies ℓ = min(N, budget) with no admission search",
                 "threshold": "a static threshold stops at the first c_k (or a_k) below it",
@@ -444,14 +538,19 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
     lay = _layout(head, big, 380, xaxis={"title": {"text": "verify batch B (tokens)"},
                                          "domain": [0, 0.55] if sps else [0, 1]},
                   yaxis={"title": {"text": "Θ (tokens/s)"}})  # Θ = τ*·SPS(B): the panel's terms line
+    _top_block(lay, big)
     if sps is not None:
         hi = max(b_final + 1, max(p.B for p in path) + 1)
         data += _capacity_traces(sps, range(max(1, max(1, s.load) // 2), int(hi * 1.5) + 2), b_final)
         # the curve's name under the axis: a long rotated y-title runs into the figure title
-        lay["xaxis2"] = {"domain": [0.68, 1], "anchor": "y2",
+        # SPS(B)'s axis on the right edge: between the panels its ticks and title would run
+        # into the Θ panel in a narrow column
+        lay["xaxis"]["domain"] = [0, 0.58]
+        lay["xaxis2"] = {"domain": [0.66, 1], "anchor": "y2",
                          "title": {"text": f"B (tokens)<br><span style='font-size:0.7em'>"
-                                           f"curve {s.capacity}</span>"}}
-        lay["yaxis2"] = {"anchor": "x2", "title": {"text": "SPS(B) (steps/s)"}}
+                                           f"curve {html.escape(s.capacity[:40])}</span>"}}
+        lay["yaxis2"] = {"anchor": "x2", "side": "right", "title": {"text": "SPS(B) (steps/s)"}}
+        lay["margin"]["r"] = 16  # the right axis' automargin adds its labels and title
     return _fig(data, lay)
 
 
