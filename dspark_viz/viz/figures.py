@@ -102,7 +102,7 @@ def _wrap(text: str, width: int = 48) -> str:
 
 SUBTITLE_CHARS = 56  # a subtitle line (<sup>, 70 % of the title font) fits a ~450 px column
 LINE_SPACING = 1.3  # plotly's line height, in font sizes, of a multi-line text
-TITLE_PAD = 6  # px between the top of the figure and its title
+TITLE_PAD = 30  # px between the top of the figure and its title: below the panel's label badge
 
 
 def _title2(main: str, detail: str, width: int = SUBTITLE_CHARS) -> str:
