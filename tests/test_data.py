@@ -649,3 +649,11 @@ def test_deeply_nested_output_line_blocks_resume_in_one_line(tmp_path):
     out.write_text('{"id": "a"}\n' + "[" * 100_000 + "]" * 100_000 + "\n" + '{"id": 1' + "0" * 5000 + "}\n")
     with pytest.raises(R.RegenError, match=r"r\.jsonl:2"):
         R.completed_ids(out)
+
+
+def test_perlfaq_without_its_pods_is_a_one_line_error(tmp_path):
+    """perl-modules creates the pod directory (perldiag.pod) without perl-doc's perlfaq files:
+    that is "not installed", not an empty corpus."""
+    (tmp_path / "perldiag.pod").write_text("=head2 Not a question\n")
+    with pytest.raises(K.CorpusError, match="perlfaq1–9.pod"):
+        K.perlfaq(5, 0, root=tmp_path)

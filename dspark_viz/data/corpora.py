@@ -211,8 +211,12 @@ def pyguide(n: int, seed: int = 0, root: Path | None = None) -> list[Prompt]:
 def perlfaq(n: int, seed: int = 0, root: Path | None = None) -> list[Prompt]:
     """perlfaq1–9's questions (``=head2`` lines), with "In Perl," where the question needs it."""
     root = _need(root or PERLDOC_ROOT, "perl-doc")
+    files = sorted(root.glob("perlfaq[1-9].pod"))
+    if not files:  # the directory also exists without perl-doc (perl-modules ships perldiag.pod)
+        raise CorpusError(f"corpus perl-doc not found at {root} (no perlfaq1–9.pod; install it: "
+                          f"{INSTALL['perl-doc']})")
     qs = []
-    for f in sorted(root.glob("perlfaq[1-9].pod")):
+    for f in files:
         for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.startswith("=head2 "):
                 q = _clean(re.sub(r"[A-Z]<([^<>]*)>", r"\1", line[7:]))
