@@ -331,7 +331,6 @@ def _wrap_hf(model, tok, name: str) -> Target:
                   mask_token_id=_mask_id(tok, vocab), eos_ids=_eos_ids(model, tok))
 
 
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path):
     """An exclusive advisory lock on ``lock_path`` for the block (POSIX ``flock``; elsewhere a
@@ -356,7 +355,7 @@ def _say(msg: str) -> None:
 
 def _convert_embedded(snap: Path) -> None:
     """GGUF → fp32 safetensors snapshot at ``snap`` (written under a temporary name, renamed
-    last); stage lines with their times go to stderr, since this takes about a minute."""
+    last); stage lines with their times go to stderr, since this takes one to three minutes."""
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
@@ -404,10 +403,11 @@ def ensure_embedded_snapshot() -> Path:
                 _convert_embedded(snap)
     return snap
 
+
 def _embedded_snapshot(device: torch.device, dtype: torch.dtype) -> Target:
     """Load the embedded Gemma 3 270M; the first call converts the GGUF to a local snapshot.
 
-    Dequantizing the GGUF and converting its tokenizer takes about a minute on 2 CPU cores,
+    Dequantizing the GGUF and converting its tokenizer takes one to three minutes on 2 CPU cores,
     so the dequantized fp32 weights (safetensors), config and tokenizer are written once to
     ``$DSPARK_VIZ_CACHE/gemma3-270m`` (atomically) and loaded from there afterwards.
     """
