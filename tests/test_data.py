@@ -579,7 +579,7 @@ def test_regen_killed_and_resumed_equals_uninterrupted_at_t1(tmp_path, monkeypat
 def test_regen_shard_layout_and_corrupt_shard(tmp_path, tiny_gemma):
     ps = _regen_prompts(5)
     cfg = SH.RegenConfig(target="tiny", writers=1, shard_records=4, max_new_tokens=6,
-                         max_prompt_tokens=14)
+                         max_prompt_tokens=40)  # prompts of 28–52 tokens: 3 answered, 2 skipped
     (tmp_path / SH.STOP_FILE).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / SH.STOP_FILE).touch()  # a clean stop: no shard is started
     assert SH.run_writer(ps, tmp_path, cfg, 0, target=tiny_gemma, prompts_sha="x")["state"] == "stopped"
@@ -590,13 +590,23 @@ def test_regen_shard_layout_and_corrupt_shard(tmp_path, tiny_gemma):
     assert [f.name for f in files] == ["shard-w0of1-00000.safetensors", "shard-w0of1-00001.safetensors"]
     s = SH.read_shard(files[0])
     assert s["tokens"].dtype.name == "int32" and len(s["offsets"]) == len(s["idx"]) + 1
-    assert s["skipped"] and all(len(tiny_gemma.encode(ps[i].raw_text())) > 14 for i in s["skipped"])
+    assert s["skipped"] and all(len(tiny_gemma.encode(ps[i].raw_text())) > 40 for i in s["skipped"])
     from dspark_viz.cli import main
     assert main(["prepare", "regen-export", "--out", str(tmp_path), "--to", str(tmp_path / "s.jsonl")]) == 0
     back = R.read_samples(tmp_path / "s.jsonl")  # the layout `prepare cache` reads
+    assert len(back) == 3 and all(len(r["input_ids"]) > r["loss_spans"][0][0] for r in back)
     assert [(r["id"], r["input_ids"], r["loss_spans"]) for r in back] == \
         [(r["id"], r["input_ids"], r["loss_spans"]) for r in SH.iter_samples(tmp_path)]
     assert oct(files[0].stat().st_mode & 0o777) != "0o600"
+    # one draft vocabulary for every training chunk: the most frequent answer tokens + EOS
+    from dspark_viz.data.corpus import draft_vocab_from_counts
+    answers = [r["input_ids"][b:e] for r in back for b, e in r["loss_spans"]]
+    assert main(["prepare", "regen-vocab", "--out", str(tmp_path), "--to", str(tmp_path / "v.json"),
+                 "--size", "12", "--target", "tiny:gemma3"]) == 0
+    assert json.loads((tmp_path / "v.json").read_text()) == draft_vocab_from_counts(
+        answers, 12, tiny_gemma.vocab_size, always=tiny_gemma.eos_ids)
+    assert main(["prepare", "regen-vocab", "--out", str(tmp_path), "--to", str(tmp_path / "w.json"),
+                 "--size", "0", "--target", "tiny:gemma3"]) == 2 and not (tmp_path / "w.json").exists()
     files[1].write_bytes(files[1].read_bytes()[:40])
     with pytest.raises(R.RegenError, match="unreadable") as e:
         list(SH.iter_samples(tmp_path))

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import make_drafter
 from dspark_viz.data import cache as C
 from dspark_viz.data.corpus import corpus_samples, draft_vocab_from_counts
 from dspark_viz.data.sources import Prompt
@@ -253,3 +254,48 @@ def test_init_starts_from_a_drafter_and_checks_its_config(tmp_path, tiny_gemma):
     with pytest.raises(T.TrainError, match="markov_rank"):
         T.train(tiny_gemma, src, tmp_path / "run2", cfg, drafter_cfg=other, progress=False,
                 init=init)
+
+
+def test_remap_draft_vocab_moves_markov_rows_with_their_ids(tiny_gemma):
+    """A new draft vocabulary keeps what the Markov head learned for the ids in both: the bias
+    W2·W1[prev] between two kept ids is unchanged; new ids get the OOV row and no bias."""
+    d = make_drafter(tiny_gemma, draft_vocab_size=64)
+    d.set_draft_vocab(torch.arange(0, 128, 2))
+    with torch.no_grad():
+        d.markov.w2.weight.normal_()
+    w1, w2 = d.markov.w1.weight.detach().clone(), d.markov.w2.weight.detach().clone()
+    old_idx = {int(t): i for i, t in enumerate(d.draft_vocab)}
+    new = torch.cat([torch.arange(64, 128, 2), torch.arange(129, 193, 2)])  # 32 kept, 32 new
+    assert d.remap_draft_vocab(new) == {"kept": 32, "new": 32}
+    assert d.draft_vocab.tolist() == sorted(new.tolist())
+    for j, t in enumerate(d.draft_vocab.tolist()):
+        if t in old_idx:
+            assert torch.equal(d.markov.w1.weight[j], w1[old_idx[t]])
+            assert torch.equal(d.markov.w2.weight[j], w2[old_idx[t]])
+        else:
+            assert torch.equal(d.markov.w1.weight[j], w1[64])  # the out-of-vocabulary row
+            assert not d.markov.w2.weight[j].any()
+    assert torch.equal(d.markov.w1.weight[64], w1[64])
+    assert d.to_draft_index(torch.tensor([64, 129, 2])).tolist() == [0, 32, 64]  # 2 left the vocabulary
+    with pytest.raises(ValueError, match="64 unique ids"):
+        d.remap_draft_vocab(torch.arange(10))
+    assert d.draft_vocab.tolist() == sorted(new.tolist())  # a refused remap changes nothing
+
+
+def test_train_init_with_a_new_draft_vocab_remaps_it(tmp_path, tiny_gemma):
+    d, _ = _cache(tmp_path, tiny_gemma, n=4, T=24)
+    src = T.CacheSource(C.TargetCache(d))
+    cfg = T.resolve_config(T.TrainConfig(steps=1, batch_size=2, micro_batch=2, num_anchors=4,
+                                         lr=1e-30, log_every=1, ckpt_every=100), tiny_gemma)
+    dcfg = T.drafter_config(cfg, tiny_gemma, draft_vocab_size=64, markov_rank=8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        init = DSparkDrafter(dcfg)
+    init.set_draft_vocab(torch.arange(0, 128, 2))
+    vocab = list(range(64, 192, 2))
+    out = T.train(tiny_gemma, src, tmp_path / "run", cfg, drafter_cfg=dcfg, progress=False,
+                  init=init, draft_vocab=vocab).drafter
+    assert out.draft_vocab.tolist() == vocab
+    torch.testing.assert_close(out.fc.weight.cpu(), init.fc.weight, rtol=1e-6, atol=1e-20)
+    torch.testing.assert_close(out.markov.w2.weight[:32].cpu(), init.markov.w2.weight[32:],
+                               rtol=1e-6, atol=1e-20)  # ids 64…126 kept their rows

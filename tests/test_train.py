@@ -343,7 +343,10 @@ def test_train_init_fine_tunes_and_refuses_mismatches(e2e, capsys):
     for extra, needle in ((["--init", str(e2e / "missing")], "--init"),
                           (["--init", str(e2e / "init-src" / "drafter"), "--markov-rank", "3"], "--markov-rank"),
                           (["--init", str(e2e / "init-src" / "drafter"), "--method", "dflash"], "DSpark"),
-                          (["--init", "none"], "none")):
+                          (["--init", "none"], "none"),
+                          (["--revocab"], "--revocab"),
+                          (["--init", str(e2e / "init-src" / "drafter"), "--revocab", "--draft-vocab",
+                            str(e2e / "v.json")], "--revocab")):
         rc = main(base + ["--out", str(e2e / "init-bad")] + extra)
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (extra, err)

@@ -1,4 +1,4 @@
-"""``dspark-viz prepare mix | regen | regen-status | regen-export`` — the issue-21 data stages (registered by ``cli.data``).
+"""``dspark-viz prepare mix | regen | regen-status | regen-export | regen-vocab`` — the issue-21 data stages (registered by ``cli.data``).
 
 Scope: argument parsing and printing over ``data.mix`` (the prompt mix from offline corpora)
 and ``data.shards`` (sharded, resumable, per-prompt-seeded regeneration by N writers, progress
@@ -15,7 +15,8 @@ import torch
 
 from dspark_viz.data import mix as M
 from dspark_viz.data import shards as SH
-from dspark_viz.data.corpus import write_samples
+from dspark_viz.data.corpus import draft_vocab_from_counts, write_samples
+from dspark_viz.io import write_json_atomic
 from dspark_viz.targets import load_target
 
 
@@ -46,6 +47,24 @@ def _cmd_regen(a) -> int:
         print(f"writer {w}/{a.writers}: {st['shards_done']}/{st['shards_total']} shards, "
               f"{st['tokens_done']:,} tokens, {st['tokens_per_cpu_s']:.1f} tok per CPU-s"
               + (" (stopped at --max-seconds)" if st["state"] == "stopped" else ""))
+    return 0
+
+
+def _cmd_vocab(a) -> int:
+    target = load_target(a.target, device="cpu")
+    answers = [s["input_ids"][b:e] for s in SH.iter_samples(a.out) for b, e in s["loss_spans"]]
+    if not answers:
+        raise SH.RegenError(f"{a.out} holds no regenerated answer")
+    if not 0 < a.size <= target.vocab_size:
+        raise SH.RegenError(f"--size must be in [1, {target.vocab_size}], got {a.size}")
+    vocab = draft_vocab_from_counts(answers, a.size, target.vocab_size, always=target.eos_ids)
+    seen = {int(t) for ans in answers for t in ans}
+    n = sum(len(x) for x in answers)
+    vs = set(vocab)
+    covered = sum(1 for ans in answers for t in ans if t in vs)
+    write_json_atomic(a.to, vocab)
+    print(f"wrote {len(vocab)} ids to {a.to}: {len(seen):,} distinct answer tokens, "
+          f"{covered / n:.2%} of {n:,} answer tokens covered")
     return 0
 
 
@@ -115,6 +134,16 @@ def add_parsers(ps) -> None:
     p.add_argument("--parts", type=int, default=1)
     p.add_argument("--part", type=int, default=0)
     p.set_defaults(func=_cmd_export)
+
+    p = ps.add_parser("regen-vocab", help="a draft vocabulary (JSON ids) from the answers of `prepare regen` shards",
+                      description="The --size most frequent answer tokens over every shard under --out "
+                                  "plus the target's end tokens (ties by id; `train --draft-vocab`), so "
+                                  "every training chunk of the same data shares one vocabulary.")
+    p.add_argument("--out", type=Path, required=True, help="the `prepare regen` directory")
+    p.add_argument("--to", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--size", type=int, default=16384)
+    p.add_argument("--target", default="embedded")
+    p.set_defaults(func=_cmd_vocab)
 
     p = ps.add_parser("regen-status", help="progress of a `prepare regen` directory (tokens, rate, ETA)")
     p.add_argument("--out", type=Path, required=True)

@@ -28,7 +28,7 @@ from dspark_viz.train.config import (CONF_ANCHORS, TRAIN_ONLY, TrainConfig, draf
                                      resolve_config)
 from dspark_viz.train.distributed import close_distributed, init_distributed
 from dspark_viz.train.losses import CONF_LABELS, VARIANTS
-from dspark_viz.train.source import CacheSource, ConcatSource, OnlineSource
+from dspark_viz.train.source import CacheSource, ConcatSource, OnlineSource, build_draft_vocab
 from dspark_viz.train.trainer import train
 
 # options whose default comes from the method / target preset when not given
@@ -70,8 +70,8 @@ def _train_config(a, target) -> TrainConfig:
 
 def _init_drafter(a, target, cfg: TrainConfig, over: dict):
     """The ``--init`` drafter, checked against the run's method, block size and overrides."""
-    if a.draft_vocab is not None:
-        raise CLIError("--init brings its own draft vocabulary; drop --draft-vocab")
+    if a.draft_vocab is not None and a.revocab:
+        raise CLIError("--revocab builds the draft vocabulary from the data; drop --draft-vocab")
     try:
         init, _ = resolve_drafter(a.init, target, a.method)
     except (DrafterError, OSError, ValueError) as e:
@@ -145,8 +145,12 @@ def _train_ranked(a, d) -> int:
     if a.init is not None:
         init = _init_drafter(a, target, cfg, over)
         dcfg = init.cfg  # the run's drafter is the --init one
+    if a.revocab and (init is None or not dcfg.restricted):
+        raise CLIError("--revocab re-indexes an --init drafter with a restricted draft vocabulary")
     vocab = _draft_vocab(a.draft_vocab, target.vocab_size)
     source = _source(a, target, dcfg, cfg)
+    if a.revocab:
+        vocab = build_draft_vocab(source, dcfg.draft_vocab_size, target)
     try:
         res = train(target, source, a.out, cfg, drafter_cfg=dcfg, dist_info=d,
                     progress=not a.no_progress, draft_vocab=vocab,
@@ -181,7 +185,12 @@ def register(sub) -> None:
     p.add_argument("--draft-vocab-size", type=int, default=None,
                    help="restricted draft vocabulary Vd (0 = whole target vocabulary); built "
                         "from the training data's token frequencies unless --draft-vocab")
-    p.add_argument("--draft-vocab", type=Path, default=None, help="JSON list of target ids (size Vd)")
+    p.add_argument("--draft-vocab", type=Path, default=None,
+                   help="JSON list of target ids (size Vd); with --init it replaces the drafter's "
+                        "vocabulary, its Markov rows following their ids")
+    p.add_argument("--revocab", action="store_true",
+                   help="with --init: rebuild the draft vocabulary from this run's training data "
+                        "(most frequent answer tokens) and re-index the drafter's Markov rows")
     p.add_argument("--init", default=None,
                    help="start from this drafter's weights: a drafter directory, or 'default' for "
                         "the shipped one of --method (fine-tuning; its configuration is kept)")

@@ -169,6 +169,32 @@ class DSparkDrafter(nn.Module):
         self.draft_vocab = ids.to(self.draft_vocab.device)
         self._index_of, self._head, self._fast_head = None, None, None
 
+    def remap_draft_vocab(self, ids: torch.Tensor) -> dict[str, int]:
+        """Install another draft vocabulary keeping what the weights learned: the backbone does
+        not depend on it (the head is the target's own LM head, gathered at the vocabulary), and
+        the Markov rows of the ids in both vocabularies move to their new indices. An id new to
+        the drafter gets W1's out-of-vocabulary row (what it saw for that token before) and a
+        zero W2 row (no bigram bias until trained). Returns counts {kept, new}."""
+        if not self.cfg.restricted:
+            raise ValueError("remapping needs a restricted draft vocabulary (draft_vocab_size > 0)")
+        old = self.draft_vocab.detach().clone().cpu()
+        new = torch.as_tensor(ids, dtype=torch.long).unique(sorted=True)
+        self.set_draft_vocab(new)  # checks size and range
+        Vd = self.cfg.draft_vocab_size
+        pos_old = torch.full((self.cfg.vocab_size,), -1, dtype=torch.long)
+        pos_old[old] = torch.arange(Vd)
+        src = pos_old[new]  # [Vd] old index of each new id, −1 if new
+        hit = src >= 0
+        if self.markov is not None:
+            with torch.no_grad():
+                w1, w2 = self.markov.w1.weight, self.markov.w2.weight  # [Vd + 1, r], [Vd, r]
+                s1 = torch.where(hit, src, torch.full_like(src, Vd)).to(w1.device)
+                w1[:Vd] = w1[s1].clone()  # the OOV row Vd stays
+                w2_new = torch.zeros_like(w2)
+                w2_new[hit.to(w2.device)] = w2[src[hit].to(w2.device)]
+                w2.copy_(w2_new)
+        return {"kept": int(hit.sum()), "new": int((~hit).sum())}
+
     def to_draft_index(self, ids: torch.Tensor) -> torch.Tensor:
         """Target token ids […] → draft-vocabulary indices […]; Vd for ids outside it."""
         if not self.cfg.restricted:

@@ -88,12 +88,14 @@ def _take_init(drafter: DSparkDrafter, init: DSparkDrafter, dcfg: DrafterConfig,
         diff = [f.name for f in fields(DrafterConfig) if getattr(init.cfg, f.name) != getattr(dcfg, f.name)]
         raise TrainError(f"--init drafter differs from the run's drafter in {', '.join(diff)} "
                          f"({', '.join(f'{k}={getattr(init.cfg, k)!r} vs {getattr(dcfg, k)!r}' for k in diff[:3])})")
-    if draft_vocab is not None:
-        raise TrainError("give either an --init drafter or a draft vocabulary, not both")
+    if draft_vocab is not None and not dcfg.restricted:
+        raise TrainError("a draft vocabulary needs a restricted drafter (draft_vocab_size > 0)")
     drafter.load_state_dict({k: v.float() if v.is_floating_point() else v
                              for k, v in init.state_dict().items()})
     if dcfg.restricted:
         drafter.set_draft_vocab(init.draft_vocab.detach().clone().cpu())
+        if draft_vocab is not None:  # re-vocabulary: the Markov rows follow their ids
+            drafter.remap_draft_vocab(torch.tensor(list(draft_vocab)))
     drafter.conf_label = getattr(init, "conf_label", "tv")
 
 
@@ -329,9 +331,10 @@ def train(target, source: Source, out_dir: str | os.PathLike, cfg: TrainConfig, 
           init: DSparkDrafter | None = None) -> TrainResult:
     """Train (or resume) a drafter; returns the history of logged metrics.
 
-    ``init``: start from this drafter's weights (fine-tuning; its draft vocabulary included)
-    instead of a fresh initialisation; its configuration must equal the run's. A run that
-    resumes from a checkpoint ignores it.
+    ``init``: start from this drafter's weights (fine-tuning; its draft vocabulary included,
+    unless ``draft_vocab`` replaces it: ``DSparkDrafter.remap_draft_vocab``) instead of a fresh
+    initialisation; its configuration must equal the run's. A run that resumes from a
+    checkpoint ignores it.
 
     ``draft_vocab``: with a restricted draft vocabulary (``drafter_cfg.draft_vocab_size`` > 0)
     the target ids it holds; None builds it from the training data's token frequencies
