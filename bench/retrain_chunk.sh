@@ -17,6 +17,7 @@ K=${1:?chunk index}; N=${2:?number of chunks}; MAXMIN=${3:-}
 export OMP_NUM_THREADS=1
 R=${R:-runs/retrain}; A=dspark_viz/assets/drafters; D=data/regen/drafters; C=$R/chunk$K
 VOCAB=data/regen/vocab-16384.json
+command -v dspark-viz > /dev/null || { echo "dspark-viz not on PATH: activate the environment (. .venv/bin/activate)" >&2; exit 2; }
 mkdir -p "$C" "$D"
 TRAIN="--target embedded --block-size 7 --batch-size 8 --micro-batch 8 --num-anchors 16 --warmup-ratio 0.04
   --min-lr-ratio 0.1 --chunk-rows 1024 --threads 1 --no-progress --lr 6e-4 --max-len 384 --seed $K
@@ -31,8 +32,11 @@ if [ "$K" -eq 0 ] && [ ! -s "$D/shard-set.txt" ]; then echo "$SET $N" > "$D/shar
 [ -s "$VOCAB" ] || dspark-viz prepare regen-vocab --out data/regen/embedded --to "$VOCAB"
 stamp "chunk $K/$N: samples"
 for x in 0 1; do  # the chunk's records, halved for two cache processes
-  [ -s "$C/s$x.jsonl" ] || { dspark-viz prepare regen-export --out data/regen/embedded \
-    --to "$C/s$x.jsonl.tmp" --parts $((2 * N)) --part $((K + x * N)) && mv "$C/s$x.jsonl.tmp" "$C/s$x.jsonl"; }
+  if [ ! -s "$C/s$x.jsonl" ]; then
+    dspark-viz prepare regen-export --out data/regen/embedded \
+      --to "$C/s$x.jsonl.tmp" --parts $((2 * N)) --part $((K + x * N))
+    mv "$C/s$x.jsonl.tmp" "$C/s$x.jsonl"
+  fi
 done
 stamp "cache"
 pids=()
