@@ -124,7 +124,16 @@ body.dsv-present .dsv-status{font-size:18px!important}
 body.dsv-present .dsv-warn{font-size:14px;padding:2px 6px}
 body.dsv-present .dsv-lane h4{font-size:16px}
 #dsv-bar button{white-space:nowrap}
-"""
+/* presentation mode on a screen narrower than a projector's 1920 px: confidence and scheduler side
+   by side under text and draft block, which then has the width its cells need (Gradio prefixes
+   the selectors inside @media with its container, hence :where(body.dsv-present *)) */
+@media (max-width:1699px){
+ .dsv-row-0:where(body.dsv-present *){flex-wrap:wrap!important}
+ .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3){flex:1 1 100%!important;
+  flex-direction:row!important;flex-wrap:wrap!important}
+ .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3)>*{flex:1 1 40%!important;min-width:0!important}
+ .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3)>#dsv-terms{flex-basis:100%!important}
+}"""
 # keyboard shortcuts for a clicker: → Step, ← Back, space Play/Pause (never inside an input)
 KEYS_JS = """<script>
 document.addEventListener('keydown', function (e) {
@@ -1080,8 +1089,8 @@ def _top_bar() -> dict:
 def _panel_components() -> list:
     """One Gradio component per entry of ``PANELS`` (in its order), placed by ``LAYOUT``."""
     by_name, made = {p.name: p for p in PANELS}, {}
-    for row in LAYOUT:
-        with gr.Row(equal_height=False):
+    for k, row in enumerate(LAYOUT):
+        with gr.Row(equal_height=False, elem_classes=[f"dsv-row-{k}"]):
             for scale, names in row:
                 with gr.Column(scale=scale, min_width=320):
                     for n in names:

@@ -325,6 +325,19 @@ def test_status_numbering_sessions_and_replay_settings(served, monkeypatch):
     assert notes and notes[0].startswith("DFlash lane:")
 
 
+def test_implied_temperature_reads_the_sts_temperature_back():
+    import math
+    from dspark_viz.viz import panels as P
+    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    for raw, t in ((0.1778, 210.0), (0.8479, 1.3), (0.253, 0.4)):
+        assert P.implied_temperature(raw, sig(logit(raw) / t)) == pytest.approx(t, rel=1e-6)
+    assert P.implied_temperature(0.5, 0.5) is None and P.implied_temperature(0.3, 0.5) == math.inf
+    # the shipped code trace, round 3: c_5…c_7 sit at T ≈ 210 (0.498, 0.4996, 0.4987), c_1…c_4 do not
+    tr = appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("code-hardware-R64")))
+    assert P.pinned_positions(tr, 2) == [5, 6, 7]
+
+
 def test_pinned_calibration_is_explained_and_load_axes_are_labelled():
     from types import SimpleNamespace
     from dspark_viz.viz import load_figures as LF

@@ -143,10 +143,22 @@ def test_tour_in_presentation_mode_fits_a_projector_screen(url, shots):
             page.wait_for_function("document.querySelector('#dsv-draft').innerText.includes('round 3 ')",
                                    timeout=30_000)
             page.screenshot(path=str(shots / f"normal-{vw}x{vh}.png"))
+            if vw < 1700:  # the narrowest columns: each figure by eye
+                for sel in ("conf", "sched", "verify"):
+                    page.locator(f"#dsv-{sel}").screenshot(path=str(shots / f"normal-{sel}-{vw}x{vh}.png"))
+                page.evaluate("window.scrollTo(0, 0)")
             page.locator("#dsv-big input").check()
             page.wait_for_function("document.body.classList.contains('dsv-present')", timeout=30_000)
             page.wait_for_timeout(1500)  # the sidebar closes, the figures redraw at their sizes
             page.screenshot(path=str(shots / f"presentation-{vw}x{vh}.png"))
+            if vw < 1700:  # narrower than a projector: confidence and scheduler move under the
+                # draft block, which keeps the width its cells need, and sit side by side
+                assert _box(page, "#dsv-draft")["right"] - _box(page, "#dsv-draft")["left"] > 800
+                conf, sched = _box(page, "#dsv-conf"), _box(page, "#dsv-sched")
+                assert conf["top"] > _box(page, "#dsv-draft")["top"] and abs(conf["top"] - sched["top"]) < 2
+                for sel in ("conf", "sched"):
+                    page.locator(f"#dsv-{sel}").screenshot(path=str(shots / f"panel-{sel}-{vw}x{vh}.png"))
+                page.evaluate("window.scrollTo(0, 0)")
             if (vw, vh) == (1920, 1080):
                 for sel in ("#dsv-bar", "#dsv-status", *SCREEN):
                     _inside(page, sel, vw, vh)
@@ -163,8 +175,36 @@ def test_tour_in_presentation_mode_fits_a_projector_screen(url, shots):
                         for sel in SCREEN:
                             _inside(page, sel, vw, vh, below=bar["bottom"])
                     page.screenshot(path=str(shots / f"tour-{k + 1}-{vw}x{vh}.png"))
+                for sel in ("verify", "draft", "sched", "conf"):  # each figure at projector size
+                    page.locator(f"#dsv-{sel}").screenshot(path=str(shots / f"panel-{sel}-{vw}x{vh}.png"))
                 page.reload(wait_until="load")  # the run survives a reload
                 page.wait_for_function("document.querySelector('#dsv-status') && document.querySelector("
                                        f"'#dsv-status').innerText.includes('round 3 of {n}')", timeout=60_000)
+            page.close()
+        browser.close()
+
+
+def test_bad_input_error_is_visible_without_scrolling(url, shots):
+    """An empty prompt: Start answers with a one-line error in the status line of the top bar,
+    inside the viewport at 1400×900 and at 1920×1080 in presentation mode (the sidebar closed)."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        for vw, vh, present in ((1400, 900, False), (1920, 1080, True)):
+            page = browser.new_page(viewport={"width": vw, "height": vh})
+            page.goto(url, wait_until="load")
+            page.locator("#dsv-start").wait_for(timeout=60_000)
+            page.locator("#dsv-prompt textarea").fill("")
+            if present:
+                page.locator("#dsv-big input").check()
+                page.wait_for_function("document.body.classList.contains('dsv-present')", timeout=30_000)
+            page.wait_for_timeout(800)  # the sidebar closes, the page settles
+            page.evaluate("window.scrollTo(0, 0)")
+            _inside(page, "#dsv-start", vw, vh)  # Start on the first screen, not below the fold
+            page.locator("#dsv-start").click()
+            page.wait_for_function("document.querySelector('#dsv-status').innerText.includes('prompt is empty')",
+                                   timeout=60_000)
+            _inside(page, "#dsv-status", vw, vh)  # where the user looks, nothing to scroll
+            page.screenshot(path=str(shots / f"error-{vw}x{vh}{'-presentation' if present else ''}.png"))
             page.close()
         browser.close()

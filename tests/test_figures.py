@@ -130,7 +130,7 @@ def test_all_accepted_round_has_nothing_greyed():
 # ----------------------------------------------------------------------------- layout (narrow columns)
 def _title_px(lay: dict) -> float:
     t = lay["title"]
-    return F.TITLE_PAD + t["text"].count("<br>") * t["font"]["size"] * F.LINE_SPACING + t["font"]["size"]
+    return t["pad"]["t"] + t["text"].count("<br>") * t["font"]["size"] * F.LINE_SPACING + t["font"]["size"]
 
 
 @pytest.mark.parametrize("big", [False, True])
@@ -139,14 +139,20 @@ def test_titles_and_notes_fit_a_narrow_column(big):
     figs = {"verify": F.verify_figure(tr, 0, big=big),
             "admission": F.admission_figure(tr, 0, big=big, sps=tr.meta.capacity_curve.sps_at),
             "draft": F.draft_block_figure(tr, 0, big=big),
-            "confidence": F.confidence_figure(tr, 0, big=big)}
+            "confidence": F.confidence_figure(tr, 0, big=big),
+            "confidence-note": F.confidence_figure(tr, 0, big=big, note=(
+                "c_5, c_6, c_7 calibrated ≈ 0.50, pinned: their STS temperatures sit at the top "
+                "of the fit grid (T ≈ 200, sigmoid(logit/T) → ½)"))}
     for name, fig in figs.items():
         lay = _data(fig)["layout"]
         lines = [_plain(x) for x in lay["title"]["text"].split("<br>")]
         # one title line of ≤ 48 characters (15 px) and subtitle lines of ≤ 56 (70 %): ~450 px
         assert len(lines[0]) <= 48 and all(len(x) <= F.SUBTITLE_CHARS for x in lines[1:]), (name, lines)
-        if name in ("verify", "admission"):  # pinned to the top, in a margin that holds it
+        if name in ("verify", "admission", "confidence-note"):  # pinned to the top, in a margin that holds it
             assert lay["title"]["yanchor"] == "top" and lay["title"]["yref"] == "container"
+            # plotly lifts a multi-line title by ≈ 0.7 font sizes: padded back below the badge
+            if len(lines) > 1:
+                assert lay["title"]["pad"]["t"] >= F.TITLE_PAD + 0.7 * lay["title"]["font"]["size"]
             top_notes = [a for a in lay.get("annotations", []) if a.get("yref") == "paper"
                          and a.get("y") == 1 and a.get("yanchor") == "bottom"]
             note_px = sum((a.get("yshift") or 0) + a["text"].count("<br>") * a["font"]["size"]
@@ -159,7 +165,13 @@ def test_titles_and_notes_fit_a_narrow_column(big):
     # draft block: the ★ footer below the tick labels, from the left edge, in short lines
     lay = _data(figs["draft"])["layout"]
     foot = lay["annotations"][0]
-    assert foot["yshift"] <= -(foot["font"]["size"] + 8)  # below one line of tick labels
+    ax = next(v for k, v in lay.items() if k.startswith("xaxis") and v.get("showticklabels"))
+    tick_lines = max(t.count("<br>") + 1 for t in ax["ticktext"])
+    assert tick_lines >= 2  # x_k above its fate mark: side by side they ran together at γ = 7
+    # below every line of the tick labels
+    assert foot["yshift"] <= -(tick_lines * ax["tickfont"]["size"] * F.LINE_SPACING + 8)
+    # every tick line short: a label never reaches into its neighbour's column
+    assert all(len(_plain(x)) <= 3 for t in ax["ticktext"] for x in t.split("<br>"))
     assert foot["xshift"] < 0 and -foot["xshift"] < lay["margin"]["l"]
     foot_px = -foot["yshift"] + (foot["text"].count("<br>") + 1) * foot["font"]["size"] * F.LINE_SPACING
     assert foot_px <= lay["margin"]["b"]

@@ -296,16 +296,17 @@ def test_admission_legend_marks_one_stop(traces):
     r0.schedule.path = [AdmissionStep(0, j, 0.9 ** j, 1 + j, 1 + 0.9 * j, 10.0 - j, j <= 2)
                         for j in range(1, 6)]
     r0.schedule.stop = "global arg-max Θ 8 after 2 of 5 candidates (no early stop; lossy)"
-    for tr, first in ((traces["hardware"], None), (retro, "first candidate not admitted")):
+    for tr, first in ((traces["hardware"], None), (retro, "first not admitted")):
         for i, r in enumerate(tr.rounds[:1] if first else tr.rounds):
             fig = _data(F.admission_figure(tr, i))
             named = {t.get("name"): t for t in fig["data"] if t.get("name")}
             refused = [p for p in r.schedule.path if not p.admitted]
-            stops = [n for n in named if n.startswith("first ")]
+            assert all(len(n) <= 20 for n in named), named  # fits a fixed-width legend entry
+            stops = [n for n in named if n.startswith(("first ", "stop: "))]
             assert len(stops) == (1 if refused else 0)
             if refused:
                 assert named[stops[0]]["x"] == [refused[0].B]
                 assert stops[0] == first or (r.schedule.stop.startswith("no improvement") and
-                                             stops[0] == "first non-improvement (Algorithm 1 stops)")
+                                             stops[0] == "stop: no improvement")
             assert len(named.get("not admitted", {"x": []})["x"]) == max(0, len(refused) - 1)
     assert len(_data(F.admission_figure(retro, 0))["data"]) == 4  # line, admitted, stop, the rest

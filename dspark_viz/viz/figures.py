@@ -123,10 +123,24 @@ def _top_block(lay: dict, big: bool, note_lines: int = 0) -> None:
     ``y`` 1, ``yanchor`` bottom, ``yshift`` 4): the note can never run into the title."""
     t = lay["title"]
     size = t["font"]["size"]
-    t.update(yref="container", y=1, yanchor="top", pad={"t": TITLE_PAD})
-    need = (TITLE_PAD + _text_lines(t["text"]) * size * LINE_SPACING
+    # plotly anchors a multi-line title ≈ 0.7 of its font size higher than a one-line one
+    # (measured in Chromium: 16 px instead of 27 from the top at 15 px, 10 instead of 25 at
+    # 22 px), which put the first line under the panel's label badge: pad it back down
+    pad = TITLE_PAD + (math.ceil(0.7 * size) if _text_lines(t["text"]) > 1 else 0)
+    t.update(yref="container", y=1, yanchor="top", pad={"t": pad})
+    need = (pad + _text_lines(t["text"]) * size * LINE_SPACING
             + note_lines * (13 if big else 10) * LINE_SPACING + 10)
     lay["margin"]["t"] = max(lay["margin"]["t"], math.ceil(need))
+
+
+def _top_note(lay: dict, big: bool, text: str, **style) -> dict:
+    """A note of wrapped lines right above the plot area, under the title (``_top_block`` makes
+    the top margin hold both); returns the annotation."""
+    text = _wrap(text, SUBTITLE_CHARS)
+    _top_block(lay, big, _text_lines(text))
+    return {"text": text, "showarrow": False, "xref": "paper", "yref": "paper",
+            "x": 0, "y": 1, "xanchor": "left", "yanchor": "bottom", "yshift": 4, "align": "left",
+            "font": {"size": 13 if big else 10, "color": "#424242"}, **style}
 
 
 def _density(n: int) -> int:
@@ -196,7 +210,9 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
     fates = position_fates(r)
     xs = list(range(1, len(r.draft) + 1))
     dense = _density(len(xs))  # γ up to 16: the fate under the position, smaller cells
-    tick = [f"x{k}{'<br>' if dense else ' '}{_FATE_MARK[f]}" + (" ★" if c else "")
+    # the fate and the ★ on a line of their own under x_k (one line each when crowded): side by
+    # side, "x5 ✓ ★" runs into the next position's label at γ = 7
+    tick = [f"x{k}<br>{_FATE_MARK[f]}" + (("<br>★" if dense else " ★") if c else "")
             for k, f, c in zip(xs, fates, markov_changed(r))]
     rows = _draft_rows(any(d.boosted or d.suppressed for d in r.draft))
     outside = any(_sampled_rank(d, top) is None for d in r.draft)  # x_k beyond the top rows
@@ -219,12 +235,13 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
         data.append(_draft_heatmap(kind, xs, cells, ax, big, dense))
         if kind == "corr":
             data.append(_sampled_marks(r, fates, top, ax, big, dense))
-    lay[f"xaxis{'' if len(rows) == 1 else len(rows)}"]["tickfont"] = {"size": (20, 18, 16)[dense] if big
-                                                                       else (13, 12, 11)[dense]}
+    lay[f"xaxis{'' if len(rows) == 1 else len(rows)}"].update(
+        tickfont={"size": (20, 18, 16)[dense] if big else (13, 12, 11)[dense]},
+        tickangle=0)  # lines of ≤ 3 characters: upright; plotly's auto-rotation tipped x_k over
     # the legend sits in pixels below the x-labels (paper units would move it with the height),
     # from the figure's left edge (the wide y-titles' margin), in short lines: never cut at the
     # right edge of a ~450 px column, never on the tick labels
-    tick_px = 12 + _text_lines(tick[0]) * (20 if big else 13) * LINE_SPACING  # ticklen, gap, lines
+    tick_px = 12 + max(map(_text_lines, tick)) * (20 if big else 13) * LINE_SPACING  # ticklen, gap, lines
     foot = DRAFT_FOOTER
     fsize = 14 if big else 11
     lay["annotations"] = [{"text": foot, "showarrow": False, "xref": "paper", "yref": "paper",
@@ -352,8 +369,9 @@ def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool, den
 
 
 # ----------------------------------------------------------------------------- confidence
-def confidence_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
-    """Raw and calibrated c_k (bars), survival a_k = Π c_i (lines), the chosen ℓ (shaded)."""
+def confidence_figure(trace: Trace, i: int, *, big: bool = False, note: str = "") -> go.Figure:
+    """Raw and calibrated c_k (bars), survival a_k = Π c_i (lines), the chosen ℓ (shaded);
+    ``note``: a line (wrapped) above the plot area, under the title."""
     title = "Confidence"
     r = _round(trace, i)
     if r is None or not r.draft:
@@ -395,6 +413,8 @@ def confidence_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
                            "yref": "paper", "showarrow": False,
                            "xanchor": "left" if ell < len(xs) else "right",
                            "font": {"color": "#2e7d32", "size": 16 if big else 12}}]
+    if note:
+        lay["annotations"].append(_top_note(lay, big, note, bgcolor="#fff8e1"))
     return _fig(data, lay)
 
 
@@ -482,12 +502,8 @@ def verify_figure(trace: Trace, i: int, *, big: bool = False) -> go.Figure:
                   xaxis={"tickvals": xs, "ticktext": tick, "range": [0.4, len(xs) + 0.6],
                          "tickfont": {"size": (20, 17, 15)[dense] if big else (13, 11, 10)[dense]}},
                   yaxis={"title": {"text": "probability"}, "range": [0, 1.2]})
-    rule = _wrap(rule, SUBTITLE_CHARS)
-    _top_block(lay, big, _text_lines(rule))
     # the rule sits in pixels just above the plot area, below the title lines (never on them)
-    notes = [{"text": rule, "showarrow": False, "xref": "paper", "yref": "paper",
-              "x": 0, "y": 1, "xanchor": "left", "yanchor": "bottom", "yshift": 4, "align": "left",
-              "font": {"size": 13 if big else 10, "color": "#424242"}}]
+    notes = [_top_note(lay, big, rule)]
     shapes = []
     if any(dead):
         x0, x1 = r.n_accepted + 1.5, len(xs) + 0.5
@@ -551,6 +567,9 @@ def admission_figure(trace: Trace, i: int, *, big: bool = False, sps=None) -> go
                                            f"curve {html.escape(s.capacity[:40])}</span>"}}
         lay["yaxis2"] = {"anchor": "x2", "side": "right", "title": {"text": "SPS(B) (steps/s)"}}
         lay["margin"]["r"] = 16  # the right axis' automargin adds its labels and title
+    # legend entries of a fixed width: as many columns as the panel holds (five entries one per
+    # line took half the panel's height and left the Θ curve a strip ~60 px tall)
+    lay["legend"].update(entrywidth=legend_entry_px(lay["font"]["size"]), entrywidthmode="pixels")
     return _fig(data, lay)
 
 
@@ -562,11 +581,11 @@ def _path_markers(path, live: int, stop: str) -> list[dict]:
     refused = [p for p in path if not p.admitted]
     mine = [p for p in adm if p.r == live]
     others = [p for p in adm if p.r != live]
-    first = ("first non-improvement (Algorithm 1 stops)" if stop.startswith("no improvement")
-             else "first candidate not admitted")
-    groups = [(mine, f"admitted: this request (r = {live})" if others else "admitted (r, j)",
+    # names of ≤ LEGEND_CHARS characters: the legend's fixed-width entries (two columns from ~420 px)
+    first = "stop: no improvement" if stop.startswith("no improvement") else "first not admitted"
+    groups = [(mine, f"admitted, r = {live}" if others else "admitted (r, j)",
                {"color": COLORS["live"] if others else COLORS["accepted"], "symbol": "diamond", "size": 12}),
-              (others, "admitted: the other requests", {"color": "#a5d6a7", "size": 8}),
+              (others, "admitted, other r", {"color": "#a5d6a7", "size": 8}),
               (refused[:1], first, {"color": COLORS["rejected"], "symbol": "x", "size": 13}),
               (refused[1:], "not admitted", {"color": "#bdbdbd", "symbol": "circle-open", "size": 7})]
     return [{"type": "scatter", "x": [p.B for p in pts], "y": [p.theta for p in pts],
@@ -575,6 +594,15 @@ def _path_markers(path, live: int, stop: str) -> list[dict]:
              "hovertemplate": "%{text}<br>B=%{x} Θ=%{y:.5g}<extra></extra>",
              "xaxis": "x", "yaxis": "y"}
             for pts, name, marker in groups if pts]
+
+
+LEGEND_CHARS = 20  # the longest scheduler legend entry
+
+
+def legend_entry_px(font_size: float) -> int:
+    """The text width of a fixed-width legend entry of ``LEGEND_CHARS`` characters (≈ 0.6 em
+    each; plotly adds the marker's ~45 px)."""
+    return math.ceil(LEGEND_CHARS * 0.6 * font_size)
 
 
 MAX_FIGURE_POINTS = 2000  # points one admission-path figure draws, whatever the trace holds

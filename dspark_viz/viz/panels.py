@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -208,29 +209,47 @@ def _sized(name: str, fig_of: Callable[[View], object]) -> Callable[[View], obje
             if name in PRESENT_FONTS:
                 fig.update_layout(font={"size": PRESENT_FONTS[name]},
                                   title={"font": {"size": PRESENT_FONTS[name] + 3}})
+                if fig.layout.legend.entrywidth:  # fixed-width entries follow the smaller font
+                    fig.update_layout(legend={"entrywidth": F.legend_entry_px(PRESENT_FONTS[name])})
         return fig
     return render
 
 
+PINNED_T = 180.0  # an STS temperature at the top of the fit grid (0.02 … 200, refined to ≈ 210)
+
+
+def implied_temperature(raw: float, cal: float) -> float | None:
+    """The STS temperature T that maps ``raw`` to ``cal`` (cal = sigmoid(logit(raw) / T)), or
+    None where raw is too close to ½ to tell; inf where cal is ½ to float precision."""
+    if abs(raw - 0.5) < 5e-3 or not (0.0 < raw < 1.0 and 0.0 < cal < 1.0):
+        return None
+    z_cal = math.log(cal / (1.0 - cal))
+    return math.inf if abs(z_cal) < 1e-9 else math.log(raw / (1.0 - raw)) / z_cal
+
+
 def pinned_positions(trace: Trace, i: int) -> list[int]:
-    """Draft positions k of round ``i`` whose calibrated c_k is exactly 0.50 while the raw one is
-    not: STS gave them the fit grid's top temperature (sigmoid(logit/T) → 0.5 as T grows)."""
+    """Draft positions k of round ``i`` whose calibrated c_k is held at ≈ 0.50 by STS: the fit
+    gave them a temperature at the grid's top (sigmoid(logit/T) → ½ as T grows), read back from
+    the recorded raw and calibrated values (a replayed trace carries no drafter)."""
     if not 0 <= i < len(trace.rounds):
         return []
-    return [d.k for d in trace.rounds[i].draft if d.conf_cal is not None and d.conf_raw is not None
-            and abs(d.conf_cal - 0.5) < 5e-4 and abs(d.conf_raw - 0.5) >= 5e-3]
+    out = []
+    for d in trace.rounds[i].draft:
+        if d.conf_cal is None or d.conf_raw is None:
+            continue
+        t = implied_temperature(d.conf_raw, d.conf_cal)
+        if t is not None and t >= PINNED_T:
+            out.append(d.k)
+    return out
 
 
 def _confidence(v: View):
-    fig = F.confidence_figure(v.trace, v.i, big=v.big)
     ks = pinned_positions(v.trace, v.i)
-    if ks and hasattr(fig, "add_annotation"):
-        fig.add_annotation(
-            text=(", ".join(f"c_{k}" for k in ks) + " calibrated = 0.50: pinned by "
-                  + ("their" if len(ks) > 1 else "its") + " STS temperature at the top of the fit grid"),
-            xref="paper", yref="paper", x=0, y=1.0, xanchor="left", yanchor="bottom", showarrow=False,
-            font={"size": 11, "color": "#5d4037"}, bgcolor="#fff8e1")
-    return fig
+    note = ""
+    if ks:
+        # two lines at most: the plot keeps its height in the projector layout
+        note = f"{', '.join(f'c_{k}' for k in ks)} ≈ 0.50, pinned: STS temperature at the grid's top (T ≈ 200)"
+    return F.confidence_figure(v.trace, v.i, big=v.big, note=note)
 
 
 PANELS: tuple[Panel, ...] = (
