@@ -16,9 +16,12 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from dspark_viz.config import ConfigError
 from dspark_viz.decoding.trace import Trace
 from dspark_viz.errors import UserError
+from dspark_viz.eval.calibration import _logit, default_grid
 from dspark_viz.load.capacity import get_curve, preset_names
 from dspark_viz.viz import figures as F
 from dspark_viz.viz import text_view as TV
@@ -215,7 +218,7 @@ def _sized(name: str, fig_of: Callable[[View], object]) -> Callable[[View], obje
     return render
 
 
-PINNED_T = 180.0  # an STS temperature at the top of the fit grid (0.02 … 200, refined to ≈ 210)
+PINNED_T = 0.9 * float(default_grid()[-1])  # an STS temperature at the top of the fit grid
 
 
 def implied_temperature(raw: float, cal: float) -> float | None:
@@ -223,8 +226,8 @@ def implied_temperature(raw: float, cal: float) -> float | None:
     None where raw is too close to ½ to tell; inf where cal is ½ to float precision."""
     if abs(raw - 0.5) < 5e-3 or not (0.0 < raw < 1.0 and 0.0 < cal < 1.0):
         return None
-    z_cal = math.log(cal / (1.0 - cal))
-    return math.inf if abs(z_cal) < 1e-9 else math.log(raw / (1.0 - raw)) / z_cal
+    z_raw, z_cal = (float(z) for z in _logit(np.array([raw, cal])))
+    return math.inf if abs(z_cal) < 1e-9 else z_raw / z_cal
 
 
 def pinned_positions(trace: Trace, i: int) -> list[int]:
@@ -233,14 +236,8 @@ def pinned_positions(trace: Trace, i: int) -> list[int]:
     the recorded raw and calibrated values (a replayed trace carries no drafter)."""
     if not 0 <= i < len(trace.rounds):
         return []
-    out = []
-    for d in trace.rounds[i].draft:
-        if d.conf_cal is None or d.conf_raw is None:
-            continue
-        t = implied_temperature(d.conf_raw, d.conf_cal)
-        if t is not None and t >= PINNED_T:
-            out.append(d.k)
-    return out
+    return [d.k for d in trace.rounds[i].draft if d.conf_cal is not None and d.conf_raw is not None
+            and (implied_temperature(d.conf_raw, d.conf_cal) or 0.0) >= PINNED_T]
 
 
 def _confidence(v: View):
