@@ -5,6 +5,14 @@
 #     bash bench/embedded.sh                      # every section, into out/embedded/
 #     OUT=out/emb bash bench/embedded.sh eval     # some sections: eval tasks wallclock calibration heldout
 #     SMOKE=1 bash bench/embedded.sh eval         # a tiny run of the same commands (checks the script)
+#     DSPARK=DIR DFLASH=DIR WRITE_CALIBRATION=1 OUT=out/cand bash bench/embedded.sh calibration eval …
+#                                                 # candidate drafters instead of the shipped ones
+#
+# DSPARK and DFLASH name the drafter directories measured (default: the shipped
+# gemma3-270m-{dspark,dflash}). The calibration section fits STS with --dry-run unless
+# WRITE_CALIBRATION=1, which writes $DSPARK/calibration.json (run calibration before wallclock:
+# the scheduler reads the calibrated a_k). heldout scores the shipped drafters and, when DSPARK or
+# DFLASH is given, the candidates beside them on the same cache.
 #
 # Sections and their cost on a 2-core CPU (one process per core at most):
 #   eval         τ, acceptance, conditional acceptance at fixed ℓ = γ = 7, T = 0 and 1:
@@ -33,6 +41,15 @@ if [ "${SMOKE:-0}" = 1 ]; then   # same commands, tiny sizes
   SAMPLES=1; NEW=8; TEMPS=0; TASKS=1; CAL_NEW=8; CAL_CAP=2; REPEATS=1; BSIZES=1,2,4; SPLITS=3; HO_CAP=2
 else
   SAMPLES=4; NEW=64; TEMPS=0,1; TASKS=10; CAL_NEW=160; CAL_CAP=0; REPEATS=15; BSIZES=1,2,3,4,5,6,7,8; SPLITS=40; HO_CAP=0
+fi
+A=dspark_viz/assets/drafters
+DSPARK=${DSPARK:-default}; DFLASH=${DFLASH:-default}
+for d in "$DSPARK" "$DFLASH"; do
+  [ "$d" = default ] || [ -s "$d/model.safetensors" ] || { echo "no drafter in $d (model.safetensors)" >&2; exit 2; }
+done
+WRITE_CALIBRATION=${WRITE_CALIBRATION:-0}
+if [ "$WRITE_CALIBRATION" = 1 ] && [ "$DSPARK" = default ]; then
+  echo "WRITE_CALIBRATION=1 writes \$DSPARK/calibration.json: name a candidate DSPARK=DIR (the shipped file is refitted by RECIPE.md step 6)" >&2; exit 2
 fi
 EVAL="--prompts code,math,prose --samples $SAMPLES --max-new-tokens $NEW --gamma 7 --seed 0 --quiet"
 
@@ -75,22 +92,22 @@ prompt_files() {  # the prompt files of RECIPE.md steps 1, 3, 4, 5 and 6 (no mod
 }
 
 section_eval() {
-  run $DV eval --drafters default:dspark,default:dflash --temperatures $TEMPS $EVAL --json $OUT/eval_fixed.json
+  run $DV eval --drafters $DSPARK:dspark,$DFLASH:dflash --temperatures $TEMPS $EVAL --json $OUT/eval_fixed.json
 }
 
 section_tasks() {
   run $DV prepare prompts --source builtin:tasks --n 1500 --seed 0 --val-fraction 0.03 --out $OUT/prompts-tasks
-  run $DV eval --drafters default:dspark --temperatures 0 --prompts none --data $OUT/prompts-tasks/val.jsonl \
+  run $DV eval --drafters $DSPARK:dspark --temperatures 0 --prompts none --data $OUT/prompts-tasks/val.jsonl \
     --samples $TASKS --max-new-tokens $(( NEW * 2 )) --gamma 7 --seed 0 --quiet --json $OUT/eval_tasks.json
 }
 
 section_wallclock() {
   for t in 1 2; do
-    OMP_NUM_THREADS=$t run $DV profile --target embedded --drafter default --gamma 7 --batch-sizes $BSIZES \
+    OMP_NUM_THREADS=$t run $DV profile --target embedded --drafter $DSPARK --gamma 7 --batch-sizes $BSIZES \
       --repeats $REPEATS --out $OUT/cpu_curve_step_${t}t.json
     pols="hardware alg1"; [ $t = 2 ] && pols="hardware"
     for p in $pols; do
-      OMP_NUM_THREADS=$t run $DV eval --drafters default:dspark,none --temperatures 0 $EVAL \
+      OMP_NUM_THREADS=$t run $DV eval --drafters $DSPARK:dspark,none --temperatures 0 $EVAL \
         --policy $p:$OUT/cpu_curve_step_${t}t.json --json $OUT/eval_${p}_${t}t.json
     done
   done
@@ -103,15 +120,16 @@ section_calibration() {
     pids=()
     for h in 1 2; do
       capped $OUT/prompts/s6/${s}_$h.jsonl $CAL_CAP $OUT/data/${s}_$h.jsonl
-      run $DV calibrate --drafter default --prompts none --data $OUT/data/${s}_$h.jsonl --max-new-tokens $CAL_NEW \
+      run $DV calibrate --drafter $DSPARK --prompts none --data $OUT/data/${s}_$h.jsonl --max-new-tokens $CAL_NEW \
         --temperature 0 --gamma 7 --seed 0 --batch-size 8 --dry-run --save-traces $OUT/traces-$s/part$h --quiet &
       pids+=($!)
     done
     wait_all "${pids[@]}"
     traces+=(--traces $OUT/traces-$s)
   done
-  run $DV calibrate --drafter default "${traces[@]}" --gamma 7 --temperature 0 --seed 0 --holdout 0.4 \
-    --dry-run --json $OUT/calibration_report.json --plots $OUT/calibration_plots --no-png --quiet
+  local write=--dry-run; [ "$WRITE_CALIBRATION" = 1 ] && write=
+  run $DV calibrate --drafter $DSPARK "${traces[@]}" --gamma 7 --temperature 0 --seed 0 --holdout 0.4 \
+    $write --json $OUT/calibration_report.json --plots $OUT/calibration_plots --no-png --quiet
   run $PY bench/embedded_splits.py $OUT/traces-calset $OUT/traces-calset3 $OUT/traces-calset4 \
     --holdout 0.4 --splits $SPLITS --json $OUT/splits.json
 }
@@ -124,8 +142,9 @@ section_heldout() {
     --max-new-tokens $(( NEW * 2 )) --max-prompt-tokens 256 --batch-size 24 --temperature 0 --no-progress
   run $DV prepare cache --samples $OUT/regen-conf2.jsonl --out $OUT/cache-conf2 --target embedded \
     --dtype bf16 --max-len 384 --shard-tokens 4096 --no-progress
-  run $PY bench/heldout_embedded.py --cache $OUT/cache-conf2 dspark_viz/assets/drafters/gemma3-270m-dspark \
-    dspark_viz/assets/drafters/gemma3-270m-dflash --json $OUT/heldout.json
+  local dirs=($A/gemma3-270m-dspark $A/gemma3-270m-dflash) d
+  for d in "$DSPARK" "$DFLASH"; do [ "$d" = default ] || dirs+=("$d"); done
+  run $PY bench/heldout_embedded.py --cache $OUT/cache-conf2 "${dirs[@]}" --json $OUT/heldout.json
 }
 
 for s in $SECTIONS; do

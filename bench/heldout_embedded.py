@@ -29,11 +29,11 @@ from dspark_viz.train.trainer import evaluate
 
 def _row(name: str, m: dict, gamma: int) -> str:
     acc = " ".join(f"{m[f'accept@{k}']:.3f}" for k in range(1, gamma + 1))
-    line = (f"{name:<24} blocks {m['blocks']:>5}  tau_prob {m['tau_prob']:.3f}  tv {m['tv']:.3f}  "
+    line = (f"{name} blocks {m['blocks']:>5}  tau_prob {m['tau_prob']:.3f}  tv {m['tv']:.3f}  "
             f"ce {m['ce']:.3f}  oov {m.get('oov_rate', 0):.3%}  accept@1..γ {acc}")
     if "tau_greedy" in m:
         gr = " ".join(f"{m[f'greedy@{k}']:.3f}" for k in range(1, gamma + 1))
-        line += f"\n{'':<24} tau_greedy {m['tau_greedy']:.3f}  greedy@1..γ {gr}"
+        line += f"\n  tau_greedy {m['tau_greedy']:.3f}  greedy@1..γ {gr}"
     return line
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         dr = DSparkDrafter.from_pretrained(d, target=target)
         m = evaluate(dr, target, src, max_samples=len(src), chunk_rows=1024)
         out[str(d)] = m
-        print(_row(d.name, m, dr.cfg.block_size))
+        print(_row(str(d), m, dr.cfg.block_size))
     if a.json:
         write_json_atomic(a.json, out)
     return 0

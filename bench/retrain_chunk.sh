@@ -9,7 +9,8 @@
 # committed and does not outlive the machine — so a chunk is done within one session).
 # Stages run two processes side by side (one thread each): cache halves, then DSpark and DFlash
 # with one step per 8 records (one pass over the chunk). MAX_MINUTES bounds each training run
-# (`train --max-minutes`: the drafter is saved as it is, flagged stopped_at_deadline).
+# (`train --max-minutes`: the drafter is saved as it is, flagged stopped_at_deadline); or set
+# DEADLINE (any `date -d` time) to end training by then, however long the cache stage took.
 # Wall time of every stage goes to $R/chunkK/times.txt.
 set -euo pipefail
 K=${1:?chunk index}; N=${2:?number of chunks}; MAXMIN=${3:-}
@@ -46,7 +47,11 @@ for x in 0 1; do
 done
 for p in "${pids[@]}"; do wait "$p"; done  # a failed stage stops the script (set -e)
 STEPS=$(( ($(cat "$C/s0.jsonl" "$C/s1.jsonl" | wc -l) + 7) / 8 ))
-stamp "train $STEPS steps"
+if [ -n "${DEADLINE:-}" ]; then
+  MAXMIN=$(( ($(date -d "$DEADLINE" +%s) - $(date +%s)) / 60 - 2 ))
+  [ "$MAXMIN" -ge 1 ] || { echo "DEADLINE $DEADLINE leaves no time to train" >&2; exit 2; }
+fi
+stamp "train $STEPS steps${MAXMIN:+ (at most $MAXMIN min)}"
 pids=()
 for m in dspark dflash; do
   if [ "$K" -eq 0 ]; then INIT="--init $A/gemma3-270m-$m --draft-vocab $VOCAB"
