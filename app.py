@@ -129,10 +129,10 @@ body.dsv-present .dsv-lane h4{font-size:16px}
    the selectors inside @media with its container, hence :where(body.dsv-present *)) */
 @media (max-width:1699px){
  .dsv-row-0:where(body.dsv-present *){flex-wrap:wrap!important}
- .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3){flex:1 1 100%!important;
+ .dsv-row-0:where(body.dsv-present *)>.dsv-col-confidence{flex:1 1 100%!important;
   flex-direction:row!important;flex-wrap:wrap!important}
- .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3)>*{flex:1 1 40%!important;min-width:0!important}
- .dsv-row-0:where(body.dsv-present *)>.column:nth-child(3)>#dsv-terms{flex-basis:100%!important}
+ .dsv-row-0:where(body.dsv-present *)>.dsv-col-confidence>*{flex:1 1 40%!important;min-width:0!important}
+ .dsv-row-0:where(body.dsv-present *)>.dsv-col-confidence>#dsv-terms{flex-basis:100%!important}
 }"""
 # keyboard shortcuts for a clicker: → Step, ← Back, space Play/Pause (never inside an input)
 KEYS_JS = """<script>
@@ -1092,7 +1092,8 @@ def _panel_components() -> list:
     for k, row in enumerate(LAYOUT):
         with gr.Row(equal_height=False, elem_classes=[f"dsv-row-{k}"]):
             for scale, names in row:
-                with gr.Column(scale=scale, min_width=320):
+                # named by its first panel: the CSS selects a column by what it holds, not its place
+                with gr.Column(scale=scale, min_width=320, elem_classes=[f"dsv-col-{names[0]}"]):
                     for n in names:
                         p = by_name[n]
                         made[n] = (gr.HTML("", elem_id=p.elem_id or None) if p.kind == "html" else

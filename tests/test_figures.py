@@ -203,10 +203,11 @@ def test_every_figure_builds_for_gamma_and_load(gamma, load):
     draft = _data(out["draft"])
     ticks = [v for k, v in draft["layout"].items() if k.startswith("xaxis") and v.get("showticklabels")]
     assert len(ticks) == 1 and len(ticks[0]["ticktext"]) == gamma
-    marks = [t for t in draft["data"] if t["type"] == "scatter"][0]["marker"]
+    boxes = draft["layout"]["shapes"]  # one box per x_k, on its cell's bounds at any γ
+    assert len(boxes) == gamma and all(b["x1"] - b["x0"] < 1 for b in boxes)
     cells = [t for t in draft["data"] if t["type"] == "heatmap"][0]
-    if gamma == 16:  # crowded: smaller boxes and cell text, short tokens, the fate under x_k
-        assert marks["size"] < 34 and cells["textfont"]["size"] < 11
+    if gamma == 16:  # crowded: smaller cell text, short tokens, the fate under x_k
+        assert cells["textfont"]["size"] < 11
         assert all(len(_plain(t.split("<br>")[0])) <= 3 for row in cells["text"] for t in row if t)
         assert all("<br>" in t for t in ticks[0]["ticktext"])
         ver = _data(F.verify_figure(tr, 1))["layout"]["xaxis"]  # ℓ = 16 verified

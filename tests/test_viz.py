@@ -249,10 +249,12 @@ def test_sampled_token_boxed_even_outside_the_top_candidates(traces):
         if other is not d and other.token not in [c.token for c in other.corrected_topk[:4]]:
             other.token = other.corrected_topk[0].token
     fig = _data(F.draft_block_figure(tr, 0))
-    boxes = [t for t in fig["data"] if t["type"] == "scatter"][0]
-    assert boxes["x"] == [p.k for p in r.draft]  # one box per position, always
-    assert boxes["y"][1] == 4  # the extra row below the top 4
-    assert [y for k, y in zip(boxes["x"], boxes["y"]) if k != 2] == \
+    shapes = fig["layout"]["shapes"]  # a rectangle on each sampled cell's bounds
+    boxes = {"x": [(b["x0"] + b["x1"]) / 2 for b in shapes], "y": [(b["y0"] + b["y1"]) / 2 for b in shapes]}
+    assert boxes["x"] == pytest.approx([p.k for p in r.draft])  # one box per position, always
+    assert all(b["x1"] - b["x0"] < 1 and b["y1"] - b["y0"] < 1 for b in shapes)  # inside its cell
+    assert boxes["y"][1] == pytest.approx(4)  # the extra row below the top 4
+    assert [y for k, y in zip(boxes["x"], boxes["y"]) if round(k) != 2] == \
         [[c.token for c in p.corrected_topk[:4]].index(p.token) for p in r.draft if p is not d]
     corr = [t for t in fig["data"] if t["type"] == "heatmap"][-1]
     assert len(corr["z"]) == 5 and corr["z"][4][1] == pytest.approx(d.p_d)

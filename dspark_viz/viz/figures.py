@@ -234,7 +234,7 @@ def draft_block_figure(trace: Trace, i: int, *, big: bool = False, top: int = 4,
             _topk_cells(trace, r, "base_topk" if kind == "base" else "corrected_topk", top, extra, lim)
         data.append(_draft_heatmap(kind, xs, cells, ax, big, dense))
         if kind == "corr":
-            data.append(_sampled_marks(r, fates, top, ax, big, dense))
+            lay["shapes"] = _sampled_boxes(r, fates, top, ax, big)
     lay[f"xaxis{'' if len(rows) == 1 else len(rows)}"].update(
         tickfont={"size": (20, 18, 16)[dense] if big else (13, 12, 11)[dense]},
         tickangle=0)  # lines of ≤ 3 characters: upright; plotly's auto-rotation tipped x_k over
@@ -354,18 +354,19 @@ def _draft_heatmap(kind: str, xs: list[int], cells, ax: str, big: bool, dense: i
             "textfont": {"size": (16, 14, 12)[dense] if big else (11, 10, 9)[dense]}}
 
 
-def _sampled_marks(r: Round, fates: list[str], top: int, ax: str, big: bool, dense: int = 0) -> dict:
-    """A box around every sampled x_k: at its rank among the corrected top candidates, or in
-    the extra row below them when it was drawn from further down."""
-    mx, my, mc = [], [], []
+def _sampled_boxes(r: Round, fates: list[str], top: int, ax: str, big: bool) -> list[dict]:
+    """A box around every sampled x_k — at its rank among the corrected top candidates, or in
+    the extra row below them when it was drawn from further down — as a rectangle on the cell's
+    own bounds (data units): it frames the cell whatever its text or the column width."""
+    w = 0.46  # half a cell, less the heatmap's gap
+    out = []
     for d, f in zip(r.draft, fates):
         rank = _sampled_rank(d, top)
-        mx.append(d.k), my.append(top if rank is None else rank), mc.append(COLORS.get(f, "#616161"))
-    return {"type": "scatter", "x": mx, "y": my, "mode": "markers",
-            "marker": {"symbol": "square-open", "size": (44, 34, 26)[dense] if big else (34, 26, 20)[dense],
-                       "color": mc,
-                       "line": {"width": 3}},
-            "hoverinfo": "skip", "xaxis": f"x{ax}", "yaxis": f"y{ax}"}
+        y = top if rank is None else rank
+        out.append({"type": "rect", "xref": f"x{ax}", "yref": f"y{ax}", "x0": d.k - w, "x1": d.k + w,
+                    "y0": y - w, "y1": y + w, "layer": "above",
+                    "line": {"color": COLORS.get(f, "#616161"), "width": 4 if big else 3}})
+    return out
 
 
 # ----------------------------------------------------------------------------- confidence
