@@ -66,6 +66,10 @@ def test_committed_without_outputs_and_with_parameters_cell(path):
     assert "DSPARK_VIZ_NB_PRESET" in first.source and "PRESET" in first.source
     src = "\n".join(c.source for c in _code_cells(nb))
     assert "dspark_viz" in src
+    # a LaTeX backslash written unescaped becomes a control character (\t of \text, \a of
+    # \approx): the formula then renders as "ext", "pprox"
+    ctrl = [(i, repr(ch)) for i, c in enumerate(nb.cells) for ch in c.source if ord(ch) < 32 and ch != "\n"]
+    assert not ctrl, f"{path.name}: control characters in cells {ctrl}"
 
 
 class _NudgingClient(nbclient.NotebookClient):
