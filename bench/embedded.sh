@@ -35,7 +35,6 @@ if [ -x .venv/bin/python ]; then V=.venv/bin/; else V=; fi   # the repository's 
 DV=${DV:-${V}dspark-viz}
 PY=${PY:-${V}python}
 P="$PY bench/embedded_prompts.py"
-mkdir -p "$OUT"
 
 if [ "${SMOKE:-0}" = 1 ]; then   # same commands, tiny sizes
   SAMPLES=1; NEW=8; TEMPS=0; TASKS=1; CAL_NEW=8; CAL_CAP=2; REPEATS=1; BSIZES=1,2,4; SPLITS=3; HO_CAP=2
@@ -51,6 +50,7 @@ WRITE_CALIBRATION=${WRITE_CALIBRATION:-0}
 if [ "$WRITE_CALIBRATION" = 1 ] && [ "$DSPARK" = default ]; then
   echo "WRITE_CALIBRATION=1 writes \$DSPARK/calibration.json: name a candidate DSPARK=DIR (the shipped file is refitted by RECIPE.md step 6)" >&2; exit 2
 fi
+mkdir -p "$OUT"  # after the checks: bad settings leave nothing behind
 EVAL="--prompts code,math,prose --samples $SAMPLES --max-new-tokens $NEW --gamma 7 --seed 0 --quiet"
 
 run() {  # log and time one command

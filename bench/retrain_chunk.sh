@@ -19,6 +19,10 @@ export OMP_NUM_THREADS=1
 R=${R:-runs/retrain}; A=dspark_viz/assets/drafters; D=data/regen/drafters; C=$R/chunk$K
 VOCAB=data/regen/vocab-16384.json
 command -v dspark-viz > /dev/null || { echo "dspark-viz not on PATH: activate the environment (. .venv/bin/activate)" >&2; exit 2; }
+if [ -n "${DEADLINE:-}" ]; then  # checked before any work: a past or unreadable time stops here
+  END=$(date -d "$DEADLINE" +%s) || { echo "DEADLINE $DEADLINE: not a time date -d reads" >&2; exit 2; }
+  [ "$END" -gt "$(date +%s)" ] || { echo "DEADLINE $DEADLINE has passed" >&2; exit 2; }
+fi
 mkdir -p "$C" "$D"
 TRAIN="--target embedded --block-size 7 --batch-size 8 --micro-batch 8 --num-anchors 16 --warmup-ratio 0.04
   --min-lr-ratio 0.1 --chunk-rows 1024 --threads 1 --no-progress --lr 6e-4 --max-len 384 --seed $K
@@ -48,7 +52,7 @@ done
 for p in "${pids[@]}"; do wait "$p"; done  # a failed stage stops the script (set -e)
 STEPS=$(( ($(cat "$C/s0.jsonl" "$C/s1.jsonl" | wc -l) + 7) / 8 ))
 if [ -n "${DEADLINE:-}" ]; then
-  MAXMIN=$(( ($(date -d "$DEADLINE" +%s) - $(date +%s)) / 60 - 2 ))
+  MAXMIN=$(( (END - $(date +%s)) / 60 - 2 ))
   [ "$MAXMIN" -ge 1 ] || { echo "DEADLINE $DEADLINE leaves no time to train" >&2; exit 2; }
 fi
 stamp "train $STEPS steps${MAXMIN:+ (at most $MAXMIN min)}"
