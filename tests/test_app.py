@@ -333,9 +333,23 @@ def test_implied_temperature_reads_the_sts_temperature_back():
     for raw, t in ((0.1778, 210.0), (0.8479, 1.3), (0.253, 0.4)):
         assert P.implied_temperature(raw, sig(logit(raw) / t)) == pytest.approx(t, rel=1e-6)
     assert P.implied_temperature(0.5, 0.5) is None and P.implied_temperature(0.3, 0.5) == math.inf
-    # the shipped code trace, round 3: c_5…c_7 sit at T ≈ 210 (0.498, 0.4996, 0.4987), c_1…c_4 do not
-    tr = appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("code-hardware-R64")))
+    # a shipped round with c_5…c_7 re-calibrated at T = 210 (what a fit at the grid's top ships)
+    tr = _pinned_at(appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("code-hardware-R64"))),
+                    2, (5, 6, 7))
     assert P.pinned_positions(tr, 2) == [5, 6, 7]
+    assert P.pinned_positions(tr, 1) == []  # the shipped calibration (T_k ≈ 0.7–1.7) pins nothing
+
+
+def _pinned_at(trace, i, ks, t=210.0):
+    """A copy of ``trace`` whose round ``i`` has c_k = sigmoid(logit(raw) / t) at positions ``ks``."""
+    import copy
+    import math
+    tr = copy.deepcopy(trace)
+    for d in tr.rounds[i].draft:
+        if d.k in ks:
+            z = math.log(d.conf_raw / (1 - d.conf_raw))
+            d.conf_cal = 1 / (1 + math.exp(-z / t))
+    return tr
 
 
 def test_pinned_calibration_is_explained_and_load_axes_are_labelled():
@@ -343,8 +357,10 @@ def test_pinned_calibration_is_explained_and_load_axes_are_labelled():
     from dspark_viz.viz import load_figures as LF
     from dspark_viz.viz import panels as P
     from dspark_viz.viz.app_state import Explorer, Lane
-    tr = appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("prose-fixed")))
+    tr = _pinned_at(appmod.load_shipped(next(e for e in appmod.DEMO_MENU if e.startswith("prose-fixed"))),
+                    3, (6, 7))
     i = next(i for i in range(len(tr.rounds)) if P.pinned_positions(tr, i))
+    assert i == 3
     for k in P.pinned_positions(tr, i):
         d = tr.rounds[i].draft[k - 1]
         assert d.k == k and round(d.conf_cal, 2) == 0.5 and round(d.conf_raw, 2) != 0.5

@@ -152,6 +152,11 @@ def test_confidence_note_names_a_temperature_mismatch(tiny_qwen):
     d.calibration, d.calibration_temperature = [1.0] * d.cfg.block_size, 1.0
     note = d.confidence_note(0.0)
     assert "STS calibration was fitted on T = 1" in note and "trained" not in note
+    d.conf_label = "tv"  # the shipped embedded drafter: a T = 1 head, STS-fitted on T = 0 rounds
+    d.calibration_temperature = 0.0
+    assert d.confidence_note(0.0) is None
+    note = d.confidence_note(1.0)
+    assert "fitted on T = 0" in note and "trained" not in note
     assert make_drafter(tiny_qwen, "none", confidence_head=False).confidence_note(0.0) is None
 
 

@@ -348,15 +348,18 @@ class DSparkDrafter(nn.Module):
 
     def confidence_note(self, temperature: float) -> str | None:
         """One line when the confidence head (or its STS fit) was made for another sampling
-        temperature than ``temperature`` — its c_k then estimate another acceptance; else None."""
+        temperature than ``temperature`` — its c_k then estimate another acceptance; else None.
+        An STS fit on rounds of this kind of temperature (T = 0, or T > 0) maps the head onto
+        this acceptance, whatever labels the head was trained on."""
         if self.confidence is None:
             return None
         greedy = temperature == 0
-        parts = []
-        if (self.conf_label == "greedy") != greedy:
-            parts.append(f"its confidence head was trained on {'T = 0 (argmax match)' if self.conf_label == 'greedy' else 'T = 1 (1 − ½‖p_d − p_t‖₁)'} labels")
         ct = self.calibration_temperature
-        if self.calibration is not None and ct is not None and (ct == 0) != greedy:
+        fitted = self.calibration is not None and ct is not None
+        parts = []
+        if (self.conf_label == "greedy") != greedy and not (fitted and (ct == 0) == greedy):
+            parts.append(f"its confidence head was trained on {'T = 0 (argmax match)' if self.conf_label == 'greedy' else 'T = 1 (1 − ½‖p_d − p_t‖₁)'} labels")
+        if fitted and (ct == 0) != greedy:
             parts.append(f"its STS calibration was fitted on T = {ct:g} rounds")
         if not parts:
             return None
