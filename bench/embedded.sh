@@ -14,18 +14,18 @@
 # the scheduler reads the calibrated a_k). heldout scores the shipped drafters and, when DSPARK or
 # DFLASH is given, the candidates beside them on the same cache.
 #
-# Sections and their cost on a 2-core CPU (one process per core at most):
+# Sections and their cost on an unshared 2-core CPU (one process per core at most; 2026-12-03):
 #   eval         τ, acceptance, conditional acceptance at fixed ℓ = γ = 7, T = 0 and 1:
-#                DSpark vs the DFlash ablation vs plain decoding, 4 built-in prompts per domain (≈ 15 min)
-#   tasks        τ on 10 held-out builtin:tasks requests, worded like the training data (≈ 5 min)
+#                DSpark vs the DFlash ablation vs plain decoding, 4 built-in prompts per domain (≈ 9 min)
+#   tasks        τ on 10 held-out builtin:tasks requests (≈ 4 min)
 #   wallclock    the hardware-aware scheduler against plain decoding in one run, on a freshly
-#                profiled whole-step curve, at 1 thread (`hardware` and `alg1`) and 2 (≈ 20 min;
+#                profiled whole-step curve, at 1 thread (`hardware` and `alg1`) and 2 (≈ 7 min;
 #                run it alone on the machine)
-#   calibration  the 569 calibration prompts of RECIPE.md step 6 rebuilt, decoded (two processes),
+#   calibration  the 569 calibration prompts of RECIPE.md steps 6 and 9 rebuilt, decoded (two processes),
 #                STS fitted with `--dry-run` (the shipped calibration.json is left alone), and the
-#                same fit over 40 prompt splits (≈ 1 h 45 min)
-#   heldout      teacher-forced acceptance on the 441 requests of RECIPE.md step 4, which neither
-#                backbone trained on: regenerate, cache, score (≈ 40 min)
+#                same fit over 40 prompt splits (≈ 66 min)
+#   heldout      teacher-forced acceptance on the 441 requests of RECIPE.md step 4, which no
+#                backbone trained on: regenerate, cache, score (≈ 20 min)
 # Every command also lands in $OUT/commands.log, with its wall time.
 set -euo pipefail
 if [ "${SMOKE:-0}" = 1 ]; then OUT=${OUT:-out/embedded-smoke}; else OUT=${OUT:-out/embedded}; fi
@@ -48,7 +48,7 @@ for d in "$DSPARK" "$DFLASH"; do
 done
 WRITE_CALIBRATION=${WRITE_CALIBRATION:-0}
 if [ "$WRITE_CALIBRATION" = 1 ] && [ "$DSPARK" = default ]; then
-  echo "WRITE_CALIBRATION=1 writes \$DSPARK/calibration.json: name a candidate DSPARK=DIR (the shipped file is refitted by RECIPE.md step 6)" >&2; exit 2
+  echo "WRITE_CALIBRATION=1 writes \$DSPARK/calibration.json: name a candidate DSPARK=DIR (the shipped file is refitted by RECIPE.md step 9)" >&2; exit 2
 fi
 mkdir -p "$OUT"  # after the checks: bad settings leave nothing behind
 EVAL="--prompts code,math,prose --samples $SAMPLES --max-new-tokens $NEW --gamma 7 --seed 0 --quiet"
