@@ -344,11 +344,11 @@ def _pinned_at(trace, i, ks, t=210.0):
     """A copy of ``trace`` whose round ``i`` has c_k = sigmoid(logit(raw) / t) at positions ``ks``."""
     import copy
     import math
+    from dspark_viz.eval.calibration import sigmoid
     tr = copy.deepcopy(trace)
     for d in tr.rounds[i].draft:
         if d.k in ks:
-            z = math.log(d.conf_raw / (1 - d.conf_raw))
-            d.conf_cal = 1 / (1 + math.exp(-z / t))
+            d.conf_cal = float(sigmoid(math.log(d.conf_raw / (1 - d.conf_raw)) / t))
     return tr
 
 

@@ -356,10 +356,11 @@ class DSparkDrafter(nn.Module):
         greedy = temperature == 0
         ct = self.calibration_temperature
         fitted = self.calibration is not None and ct is not None
+        fit_matches = fitted and (ct == 0) == greedy
         parts = []
-        if (self.conf_label == "greedy") != greedy and not (fitted and (ct == 0) == greedy):
+        if (self.conf_label == "greedy") != greedy and not fit_matches:
             parts.append(f"its confidence head was trained on {'T = 0 (argmax match)' if self.conf_label == 'greedy' else 'T = 1 (1 − ½‖p_d − p_t‖₁)'} labels")
-        if fitted and (ct == 0) != greedy:
+        if fitted and not fit_matches:
             parts.append(f"its STS calibration was fitted on T = {ct:g} rounds")
         if not parts:
             return None
